@@ -1,0 +1,52 @@
+# hearscan: the README's two commands are `make demo` and `make test`; both set up first.
+# `make setup` is idempotent: a second run only checks stamps and takes seconds.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.hearscan-setup
+APT_STAMP := $(VENV)/.hearscan-apt
+# Debian packages: a C++ compiler for the kernels, libsndfile for soundfile, audio tools for the task suite.
+APT_PACKAGES := g++ ninja-build libsndfile1 sox libsox-fmt-all espeak-ng flite fluidsynth ffmpeg
+
+.PHONY: setup demo test test-fast bench clean-venv
+
+setup: $(STAMP)
+
+$(APT_STAMP):
+	@if command -v apt-get >/dev/null 2>&1; then \
+	  missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages: $$missing"; \
+	    SUDO=$$( [ $$(id -u) -eq 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	  fi; \
+	else echo "no apt-get: install $(APT_PACKAGES) with your package manager"; fi
+	@mkdir -p $(VENV) && touch $@
+
+$(STAMP): pyproject.toml Makefile | $(APT_STAMP)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24"
+	$(PIP) install -q torch==2.11.0 torchaudio==2.11.0
+	# heareval / hearbaseline / hearvalidator pin numpy 1.19 and tensorflow, which cannot install on
+	# Python 3.11: install them without their pins; what they really import is in pyproject.toml.
+	$(PIP) install -q --no-deps heareval==2021.1.3 hearbaseline==2021.1.1
+	$(PIP) install -q --no-deps --ignore-requires-python hearvalidator==2021.0.6
+	$(PIP) install -q -e '.[test]'
+	$(PY) -m hearscan.bench build-kernels || echo "warning: compiled kernels not built; the reference scans will be used"
+	@touch $@
+
+demo: setup
+	$(VENV)/bin/hearscan demo
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(VENV)/bin/hearscan bench kernels
+	$(VENV)/bin/hearscan bench models
+	$(VENV)/bin/hearscan bench probe
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,12 @@
+"""HEAR modules: each file is one backbone family implementing the HEAR 2021 API.
+
+`load_model(model_file_path="", **options)`, `get_scene_embeddings(audio, model)`,
+`get_timestamp_embeddings(audio, model)`, with `model.sample_rate`, `model.scene_embedding_size`,
+`model.timestamp_embedding_size`.  Shared pieces: `_audio` (input checks), `_frontend` (Kaldi fbank,
+timestamps), `_checkpoint` (safe loading, strict key/shape checks).
+
+Common options of the backbone modules: `size`, `device` ("cpu", "cuda", default: CUDA when present),
+`dtype` ("float32", "bfloat16"), `scan_backend` ("auto", "compiled", "reference").
+"""
+
+MODULES = ["logmel", "arwkv", "conrwkv", "aum", "axlstm", "ssast", "equiav"]

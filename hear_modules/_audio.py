@@ -1,0 +1,33 @@
+"""Checks on the audio batch a HEAR module receives, so bad input fails with a clear message."""
+
+from __future__ import annotations
+
+import torch
+
+from hearscan.errors import AudioInputError
+
+
+def check_audio_batch(audio, module: str, min_samples: int = 1) -> torch.Tensor:
+    """Validate a HEAR audio batch (n_sounds, n_samples) and return it as float32.
+
+    Rejects: non-tensors, wrong rank (stereo arrives as 3-D), integer dtypes, NaN/Inf, clips shorter than
+    `min_samples` (one analysis frame).  Silence is valid input.
+    """
+    if not isinstance(audio, torch.Tensor):
+        raise AudioInputError(f"{module}: audio must be a torch.Tensor of shape (n_sounds, n_samples), got {type(audio).__name__}")
+    if audio.ndim != 2:
+        hint = " (stereo or multichannel? mix down to mono first)" if audio.ndim == 3 else ""
+        raise AudioInputError(
+            f"{module}: audio must have shape (n_sounds, n_samples), got {tuple(audio.shape)}{hint}"
+        )
+    if not audio.is_floating_point():
+        raise AudioInputError(f"{module}: audio must be floating point in [-1, 1], got {audio.dtype}; divide integer PCM by its full scale")
+    if audio.shape[1] < min_samples:
+        raise AudioInputError(
+            f"{module}: clips of {audio.shape[1]} samples are shorter than one analysis frame "
+            f"({min_samples} samples); pad them (e.g. with zeros) to at least that length"
+        )
+    if not torch.isfinite(audio).all():
+        bad = (~torch.isfinite(audio)).any(dim=1).nonzero().flatten().tolist()
+        raise AudioInputError(f"{module}: audio contains NaN or Inf values (sounds {bad[:10]}); clean the input")
+    return audio.float()

@@ -1,0 +1,5 @@
+"""Placeholder: subcommands registered here are being written."""
+
+
+def register(subparsers) -> None:
+    return None
