@@ -1,5 +1,75 @@
-"""Placeholder: subcommands registered here are being written."""
+"""`hearscan extract TASKS_DIR OUT [MODULE[=CHECKPOINT] ...]` (also `./extract_features.sh`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 
 def register(subparsers) -> None:
-    return None
+    p = subparsers.add_parser(
+        "extract",
+        help="extract embeddings over HEAR task directories in heareval's format",
+        description="Extract embeddings for every task under TASKS_DIR into OUT/<module tag>/<task>/, "
+        "in exactly the format heareval's predictions runner reads.  Resumable: run the same command "
+        "again after an interruption.",
+    )
+    p.add_argument("tasks_dir", type=Path, help="a folder of HEAR task directories (or one task directory)")
+    p.add_argument("out_dir", type=Path, help="output folder for the embeddings")
+    p.add_argument("modules", nargs="*", metavar="MODULE[=CHECKPOINT]",
+                   help="hearscan module (logmel, arwkv, conrwkv, aum, axlstm, ssast, equiav) or any "
+                   "importable HEAR module, optionally with a checkpoint; default: modules whose weights "
+                   "are configured (HEARSCAN_<MODULE>_CHECKPOINT, PT_AXLSTM_MODEL_DIR), else logmel")
+    p.add_argument("--option", "-o", action="append", default=[], metavar="[MODULE:]KEY=VALUE",
+                   help="a load_model option (size, variant, device, dtype, scan_backend, ...); "
+                   "repeatable; without MODULE: it applies to every module")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out corrupt, missing or wrong-rate audio files (recorded in the manifest) "
+                   "instead of stopping")
+    p.add_argument("--max-batch-seconds", type=float, default=120.0,
+                   help="audio per batch, in seconds (default 120); lower it to bound memory")
+    p.add_argument("--seeds", default=None, metavar="0-9",
+                   help="also prepare per-seed views (links, no copies) under OUT/seeds/ for the downstream step")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def parse_seeds(text: str) -> list[int]:
+    from hearscan.errors import UserFacingError
+
+    seeds = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    except ValueError:
+        raise UserFacingError(f"--seeds {text!r}: use a range like 0-9 or a list like 0,1,2") from None
+    return seeds
+
+
+def run(args) -> int:
+    from feature_extract.engine import Extractor, format_summary, warn_default_module
+    from feature_extract.modules import WEIGHTS_FREE_DEFAULT, configured_specs, parse_specs
+    from feature_extract.seeds import make_seed_views
+
+    seeds = parse_seeds(args.seeds) if args.seeds else None
+    if args.modules:
+        specs = parse_specs(args.modules, args.option)
+    else:
+        specs = configured_specs()
+        if specs:
+            specs = parse_specs([s.module + (f"={s.checkpoint}" if s.checkpoint else "") for s in specs], args.option)
+        else:
+            warn_default_module()
+            specs = parse_specs([WEIGHTS_FREE_DEFAULT], args.option)
+    extractor = Extractor(args.out_dir, skip_bad=args.skip_bad, max_batch_seconds=args.max_batch_seconds,
+                          progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    stats = extractor.run(args.tasks_dir, specs)
+    if seeds:
+        for spec in specs:
+            for task_dir in sorted((args.out_dir / spec.tag).iterdir()):
+                if (task_dir / ".done.embeddings").exists():
+                    make_seed_views(task_dir, args.out_dir / "seeds" / spec.tag, seeds)
+        print(f"per-seed views for seeds {seeds[0]}..{seeds[-1]} under {args.out_dir / 'seeds'}", file=sys.stderr)
+    print(format_summary(stats))
+    return 0
