@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from csrc._build import resolve_backend
+from csrc._build import load, resolve_backend
+
+MAX_HEAD_SIZE = 1024  # the compiled kernel's limit (kMaxHeadSize in wkv7_cpu.cpp)
 
 
 def wkv7_reference(r, w, k, v, a, b, state=None, return_state=False, backend=None):
@@ -38,12 +40,47 @@ def wkv7_reference(r, w, k, v, a, b, state=None, return_state=False, backend=Non
     return (y, S) if return_state else y
 
 
+def _check_inputs(r, w, k, v, a, b, state):
+    """Clear errors for what the kernel cannot take (the reference would fail obscurely or silently)."""
+    names = ("r", "w", "k", "v", "a", "b")
+    tensors = (r, w, k, v, a, b)
+    for name, x in zip(names, tensors):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"wkv7: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if r.dim() != 4:
+        raise ValueError(f"wkv7: r must be (B, T, H, N), got shape {tuple(r.shape)}")
+    for name, x in zip(names, tensors):
+        if x.shape != r.shape:
+            raise ValueError(f"wkv7: {name} has shape {tuple(x.shape)}, expected r's shape {tuple(r.shape)}")
+        if x.dtype != r.dtype:
+            raise TypeError(f"wkv7: {name} is {x.dtype} but r is {r.dtype}; pass all inputs in one dtype")
+        if x.device != r.device:
+            raise ValueError(f"wkv7: {name} is on {x.device} but r is on {r.device}")
+    if r.dtype not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"wkv7: inputs must be float32 or bfloat16, got {r.dtype}")
+    B, _, H, N = r.shape
+    if not 1 <= N <= MAX_HEAD_SIZE:
+        raise ValueError(f"wkv7: head size N={N} is outside 1..{MAX_HEAD_SIZE}")
+    if state is not None and tuple(state.shape) != (B, H, N, N):
+        raise ValueError(f"wkv7: state has shape {tuple(state.shape)}, expected (B, H, N, N) = {(B, H, N, N)}")
+
+
 def wkv7(r, w, k, v, a, b, state=None, return_state=False, backend=None):
     """WKV-7 scan.  r, w, k, v, a, b: (B, T, H, N); state: (B, H, N, N) float32 or None.
 
-    Returns y (B, T, H, N) in the input dtype, and the final state when `return_state`.
+    Returns y (B, T, H, N) in the input dtype, and the final state (float32) when `return_state`.
     `backend`: "auto" | "compiled" | "reference" (default: $HEARSCAN_SCAN_BACKEND or auto).
+    Inputs may be non-contiguous (e.g. time-flipped views); the compiled path copies them.
     """
-    if resolve_backend(backend, "wkv7") == "reference":
+    _check_inputs(r, w, k, v, a, b, state)
+    if resolve_backend(backend, "wkv7", r.device) == "reference":
         return wkv7_reference(r, w, k, v, a, b, state=state, return_state=return_state)
-    raise NotImplementedError("compiled wkv7 binding not written yet")
+    # Only CPU kernels exist; resolve_backend sends other devices to the reference (or raises), so a
+    # CUDA kernel would be one more branch here on r.device.
+    kernel = load("wkv7", r.device)
+    out = kernel.forward(
+        *(x.contiguous() for x in (r, w, k, v, a, b)),
+        None if state is None else state.float().contiguous(),
+        bool(return_state),
+    )
+    return (out[0], out[1]) if return_state else out[0]

@@ -1,0 +1,100 @@
+"""Build-on-first-use: the cache is reused, its key follows the source, and failures are explained."""
+
+import shutil
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from csrc import _build
+
+
+@pytest.fixture
+def fresh_build_state(monkeypatch):
+    """Forget what this process has loaded or failed to build, for the duration of one test."""
+    monkeypatch.setattr(_build, "_loaded", {})
+    monkeypatch.setattr(_build, "_failed", {})
+    monkeypatch.setattr(_build, "_warned", set())
+
+
+def test_second_load_reuses_the_build():
+    first = _build.load("wkv7")
+    assert _build.load("wkv7") is first
+    directory = _build.build_dir("wkv7")
+    assert (directory / ".built").exists()
+    libs = sorted(directory.glob("*.so"))
+    assert libs
+    mtime = libs[0].stat().st_mtime_ns
+    # a new process imports the finished build without compiling
+    code = "from csrc import _build; _build.load('wkv7'); print('ok')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "compiling" not in proc.stderr
+    assert libs[0].stat().st_mtime_ns == mtime
+
+
+def test_key_changes_with_source_and_flags(tmp_path, monkeypatch):
+    shutil.copy(_build.HERE / "wkv7_cpu.cpp", tmp_path / "wkv7_cpu.cpp")
+    monkeypatch.setattr(_build, "HERE", tmp_path)
+    key = _build.build_key("wkv7")
+    assert _build.build_key("wkv7") == key  # deterministic
+    with open(tmp_path / "wkv7_cpu.cpp", "a") as f:
+        f.write("\n// changed\n")
+    changed = _build.build_key("wkv7")
+    assert changed != key
+    monkeypatch.setattr(_build, "CFLAGS", _build.CFLAGS + ["-DEXTRA"])
+    assert _build.build_key("wkv7") != changed
+    assert torch.__version__ in _build.key_info("wkv7")
+
+
+def test_missing_compiler_is_explained(tmp_path, monkeypatch, fresh_build_state):
+    monkeypatch.setenv("HEARSCAN_CACHE_DIR", str(tmp_path))  # no cached build to fall back on
+    monkeypatch.setenv("CXX", "no-such-compiler-hearscan")
+    with pytest.raises(_build.KernelBuildError, match=r"no C\+\+ compiler .*apt-get install g\+\+.*HEARSCAN_SCAN_BACKEND=reference"):
+        _build.load("wkv7")
+    with pytest.raises(_build.KernelBuildError, match="no C.. compiler"):
+        _build.resolve_backend("compiled", "wkv7")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _build.resolve_backend("auto", "wkv7") == "reference"
+    assert any("no C++ compiler" in str(w.message) for w in caught)
+    assert not any(tmp_path.rglob("*.so"))
+
+
+def test_missing_source_and_unknown_backend(fresh_build_state):
+    with pytest.raises(_build.KernelBuildError, match="no_such_op_cpu.cpp is missing"):
+        _build.load("no_such_op")
+    with pytest.raises(ValueError, match="unknown scan backend 'fastest'.*auto, compiled, reference"):
+        _build.resolve_backend("fastest", "wkv7")
+
+
+def test_backend_from_environment(monkeypatch):
+    monkeypatch.setenv("HEARSCAN_SCAN_BACKEND", "reference")
+    assert _build.resolve_backend(None, "wkv7") == "reference"
+    assert _build.resolve_backend("compiled", "wkv7") == "compiled"
+    monkeypatch.setenv("HEARSCAN_SCAN_BACKEND", "bogus")
+    with pytest.raises(ValueError, match=r"\$HEARSCAN_SCAN_BACKEND"):
+        _build.resolve_backend(None, "wkv7")
+
+
+def test_devices_without_a_kernel_use_the_reference():
+    """Only CPU kernels exist: "auto" sends other devices to the reference, "compiled" says why not."""
+    assert _build.resolve_backend("auto", "wkv7", torch.device("cuda")) == "reference"
+    with pytest.raises(_build.KernelBuildError, match="no compiled wkv7 kernel for cuda"):
+        _build.resolve_backend("compiled", "wkv7", "cuda")
+
+
+def test_compile_error_is_reported(tmp_path, monkeypatch, fresh_build_state):
+    (tmp_path / "broken_cpu.cpp").write_text("this is not C++\n")
+    monkeypatch.setattr(_build, "HERE", tmp_path)
+    monkeypatch.setenv("HEARSCAN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HEARSCAN_BUILD_QUIET", "1")
+    with pytest.raises(_build.KernelBuildError, match="building the broken kernel failed"):
+        _build.load("broken")
+    # the failure is remembered: no second compile attempt in this process
+    with pytest.raises(_build.KernelBuildError, match="building the broken kernel failed"):
+        _build.load("broken")
+    assert not (_build.build_dir("broken") / ".built").exists()
+

@@ -1,0 +1,148 @@
+"""The compiled WKV-7 kernel equals the reference recurrence over a sweep of shapes and both dtypes.
+
+Tolerances: float32 outputs within 1e-4 (absolute and relative; the kernel only reorders float32 sums);
+bfloat16 outputs within 1e-2 (both paths compute in float32 from the same bfloat16 inputs, so they
+differ by at most one or two bfloat16 roundings of the output, 2^-8 relative each).
+"""
+
+import importlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import csrc
+from csrc import _build
+
+wkv7_module = importlib.import_module("csrc.wkv7")  # the package attribute `csrc.wkv7` is the function
+
+TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=1e-2, rtol=1e-2)}
+
+
+def _inputs(B, T, H, N, dtype=torch.float32, seed=0):
+    """Inputs in the ranges A-RWKV produces: w <= -0.5, a = -kappa, b = kappa * a_rate, |kappa| = 1."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (B, T, H, N)
+    r = torch.randn(shape, generator=g)
+    w = -F.softplus(-torch.randn(shape, generator=g) * 2) - 0.5
+    k = torch.randn(shape, generator=g) * 0.5
+    v = torch.randn(shape, generator=g)
+    kappa = F.normalize(torch.randn(shape, generator=g), dim=-1)
+    a = -kappa
+    b = kappa * torch.rand(shape, generator=g)
+    return [x.to(dtype) for x in (r, w, k, v, a, b)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel():
+    return _build.load("wkv7")
+
+
+SHAPES = [
+    (1, 1, 1, 64),  # T = 1
+    (2, 37, 3, 64),  # odd T, batch > 1, several heads (A-RWKV tiny has 3 heads)
+    (1, 61, 2, 64),  # T not a multiple of 16
+    (3, 16, 2, 32),  # another compiled head size
+    (2, 17, 2, 20),  # a head size without a specialised path
+    (1, 9, 1, 128),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"B{b}T{t}H{h}N{n}" for b, t, h, n in SHAPES])
+def test_compiled_equals_reference(shape, dtype):
+    x = _inputs(*shape, dtype=dtype)
+    g = torch.Generator().manual_seed(1)
+    s0 = torch.randn(shape[0], shape[2], shape[3], shape[3], generator=g) * 0.1
+    y_ref, s_ref = csrc.wkv7(*x, state=s0, return_state=True, backend="reference")
+    y, s = csrc.wkv7(*x, state=s0, return_state=True, backend="compiled")
+    assert y.dtype == dtype and y.shape == x[0].shape
+    assert s.dtype == torch.float32 and s.shape == s0.shape
+    torch.testing.assert_close(y, y_ref, **TOL[dtype])
+    torch.testing.assert_close(s, s_ref, atol=1e-4, rtol=1e-4)
+
+
+def test_zero_state_is_the_default():
+    x = _inputs(2, 11, 2, 64)
+    zeros = torch.zeros(2, 2, 64, 64)
+    torch.testing.assert_close(csrc.wkv7(*x, backend="compiled"), csrc.wkv7(*x, state=zeros, backend="compiled"))
+
+
+def test_long_sequence_t8192():
+    """T = 8192 against the reference (B = H = 1 keeps the reference loop to about a second)."""
+    x = _inputs(1, 8192, 1, 64, seed=3)
+    y_ref, s_ref = csrc.wkv7(*x, return_state=True, backend="reference")
+    y, s = csrc.wkv7(*x, return_state=True, backend="compiled")
+    scale = y_ref.abs().max()
+    assert (y - y_ref).abs().max() <= 1e-4 * scale
+    assert (s - s_ref).abs().max() <= 1e-4 * s_ref.abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_chunked_with_carried_state_equals_one_pass(dtype):
+    x = _inputs(2, 100, 3, 64, dtype=dtype, seed=4)
+    full, s_full = csrc.wkv7(*x, return_state=True, backend="compiled")
+    ys, state = [], None
+    for lo, hi in [(0, 1), (1, 38), (38, 64), (64, 100)]:
+        y, state = csrc.wkv7(*(t[:, lo:hi] for t in x), state=state, return_state=True, backend="compiled")
+        ys.append(y)
+    # same float32 operations in the same order: identical results
+    torch.testing.assert_close(torch.cat(ys, dim=1), full, atol=0, rtol=0)
+    torch.testing.assert_close(state, s_full, atol=0, rtol=0)
+
+
+def test_bidirectional_use_on_flipped_and_strided_inputs():
+    """A-RWKV runs the causal scan on [X; flip_T(X)] (batch 2B); views that are not contiguous work."""
+    B, T, H, N = 2, 29, 3, 64
+    x = _inputs(B, T, H, N, seed=5)
+    # (B, H, T, N) storage seen as (B, T, H, N): a non-contiguous view, as after a head transpose
+    strided = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in x]
+    assert not strided[0].is_contiguous()
+    backward = [t.flip(1) for t in strided]
+    both = [torch.cat([f, bwd]) for f, bwd in zip(strided, backward)]
+    y_both = csrc.wkv7(*both, backend="compiled")
+    y_fwd_ref = csrc.wkv7(*x, backend="reference")
+    y_bwd_ref = csrc.wkv7(*(t.flip(1) for t in x), backend="reference")
+    torch.testing.assert_close(y_both[:B], y_fwd_ref, **TOL[torch.float32])
+    torch.testing.assert_close(y_both[B:], y_bwd_ref, **TOL[torch.float32])
+    # the flipped copy of a strided view, fed on its own
+    torch.testing.assert_close(csrc.wkv7(*backward, backend="compiled"), y_bwd_ref, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+def test_empty_sequence_returns_empty_output_and_the_state(backend):
+    x = _inputs(2, 0, 3, 64)
+    s0 = torch.randn(2, 3, 64, 64)
+    y, s = csrc.wkv7(*x, state=s0, return_state=True, backend=backend)
+    assert y.shape == (2, 0, 3, 64)
+    torch.testing.assert_close(s, s0)
+    y, s = csrc.wkv7(*x, return_state=True, backend=backend)
+    assert y.shape == (2, 0, 3, 64) and torch.count_nonzero(s) == 0
+
+
+def test_bad_inputs_give_clear_errors():
+    x = _inputs(1, 5, 2, 64)
+    with pytest.raises(ValueError, match="k has shape"):
+        csrc.wkv7(x[0], x[1], x[2][:, :4], *x[3:])
+    with pytest.raises(ValueError, match=r"r must be \(B, T, H, N\)"):
+        csrc.wkv7(*(t[0] for t in x))
+    with pytest.raises(TypeError, match="float32 or bfloat16"):
+        csrc.wkv7(*(t.half() for t in x))
+    with pytest.raises(TypeError, match="v is torch.bfloat16 but r is torch.float32"):
+        csrc.wkv7(*x[:3], x[3].bfloat16(), *x[4:])
+    with pytest.raises(ValueError, match="state has shape"):
+        csrc.wkv7(*x, state=torch.zeros(1, 2, 64, 32))
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+        csrc.wkv7(*x[:5], x[5].numpy())
+    with pytest.raises(ValueError, match="unknown scan backend"):
+        csrc.wkv7(*x, backend="fast")
+
+
+def test_backend_selected_by_argument_or_environment(monkeypatch):
+    x = _inputs(1, 3, 1, 64)
+    monkeypatch.setattr(wkv7_module, "wkv7_reference", lambda *args, **kwargs: "reference was called")
+    monkeypatch.setenv("HEARSCAN_SCAN_BACKEND", "reference")
+    assert csrc.wkv7(*x) == "reference was called"
+    assert isinstance(csrc.wkv7(*x, backend="compiled"), torch.Tensor)  # the argument wins
+    monkeypatch.setenv("HEARSCAN_SCAN_BACKEND", "auto")
+    assert isinstance(csrc.wkv7(*x), torch.Tensor)  # auto picks the compiled kernel when it builds
