@@ -4,6 +4,12 @@ Frontend: 16 kHz, 64 log-mel bands (torchaudio MelSpectrogram, 25 ms Hann window
 log(x + 1e-6)).  Timestamp embeddings: the mean of the log-mel frames in a 50 ms window every 20 ms
 (64 dims), stamped at the window centre.  Scene embedding: mean and standard deviation over all frames
 (128 dims).  No parameters are learned; `model_file_path` must be empty.
+
+Why: it is the floor every backbone must clear, and it exercises the whole HEAR chain with nothing to
+download.  The 20 ms timestamp hop stays under hear-validator's 50 ms advice and matches heareval's
+event-task resolution; pooling 5 frames (50 ms) smooths the 10 ms frames without blurring onsets.
+Long clips: no limit, the cost is linear in the clip length.  Option: `device` ("cpu", "cuda"; default
+CUDA when present).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import torchaudio
 
 from hear_modules._audio import check_audio_batch
 from hear_modules._frontend import regular_timestamps
+from hearscan.errors import UserFacingError
 
 SAMPLE_RATE = 16000
 N_MELS = 64
@@ -21,6 +28,9 @@ HOP = 160  # 10 ms
 POOL = 5  # frames per timestamp window (50 ms)
 STRIDE = 2  # frames between timestamps: a 20 ms hop
 TIMESTAMP_HOP_MS = STRIDE * HOP / SAMPLE_RATE * 1000.0
+DEVICES = ("cpu", "cuda")
+
+BENCH_CONFIGS = [{}]
 
 
 class LogMel(torch.nn.Module):
@@ -40,16 +50,27 @@ class LogMel(torch.nn.Module):
         return torch.log(self.mel(audio) + 1e-6).transpose(1, 2)
 
 
-def load_model(model_file_path: str = "", **options) -> LogMel:
+def load_model(model_file_path: str = "", device: str | None = None, **options) -> LogMel:
     if model_file_path:
-        raise ValueError("hear_modules.logmel has no weights: call load_model() without a model file")
+        raise UserFacingError(
+            f"hear_modules.logmel has no weights, but was given the model file {model_file_path}; "
+            "call it without a model file (no --model)"
+        )
     if options:
-        raise ValueError(f"hear_modules.logmel takes no options, got {sorted(options)}")
-    return LogMel().eval()
+        raise UserFacingError(f"hear_modules.logmel: unknown options {sorted(options)}; its only option is device")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in DEVICES:
+        raise UserFacingError(f"hear_modules.logmel: device must be one of {', '.join(DEVICES)}, got {device!r}")
+    return LogMel().eval().to(device)
+
+
+def _on_model_device(audio: torch.Tensor, model: LogMel) -> torch.Tensor:
+    return audio.to(model.mel.spectrogram.window.device)
 
 
 def get_timestamp_embeddings(audio: torch.Tensor, model: LogMel):
-    audio = check_audio_batch(audio, "logmel", min_samples=1)
+    audio = _on_model_device(check_audio_batch(audio, "logmel", min_samples=1), model)
     with torch.no_grad():
         frames = model(audio)  # (B, F, 64); frame i is centred at i * 10 ms
         # average POOL frames around every STRIDE-th frame (edge-replicated), stamped at its centre
@@ -61,7 +82,7 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: LogMel):
 
 
 def get_scene_embeddings(audio: torch.Tensor, model: LogMel) -> torch.Tensor:
-    audio = check_audio_batch(audio, "logmel", min_samples=1)
+    audio = _on_model_device(check_audio_batch(audio, "logmel", min_samples=1), model)
     with torch.no_grad():
         frames = model(audio)
         return torch.cat([frames.mean(dim=1), frames.std(dim=1, unbiased=False)], dim=1)
