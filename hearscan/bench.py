@@ -1,7 +1,8 @@
 """`hearscan bench ...`: benchmarks that print ratios measured side by side in one run.
 
 kernels -> csrc.bench (compiled vs reference scans);  models -> hear_modules.bench (audio-seconds per
-second per backbone);  probe -> downstream.bench (10-seed linear probe vs heareval's runner).
+second per backbone);  probe -> downstream.bench (10-seed linear probe vs heareval's runner);  extract ->
+feature_extract.bench (hearscan extract vs heareval's embeddings runner).
 `python -m hearscan.bench build-kernels` compiles every CPU kernel into the cache (used by `make setup`).
 """
 
@@ -15,6 +16,7 @@ TARGETS = {
     "kernels": "csrc.bench",
     "models": "hear_modules.bench",
     "probe": "downstream.bench",
+    "extract": "feature_extract.bench",
 }
 
 
