@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from csrc._build import resolve_backend
+from csrc._build import load, resolve_backend
+
+MAX_HEAD_SIZE = 1024  # the compiled kernel's limit (kMaxHeadSize in wkv6_cpu.cpp)
 
 
 def wkv6_reference(r, k, v, w, u, state=None, return_state=False, backend=None):
@@ -31,11 +33,52 @@ def wkv6_reference(r, k, v, w, u, state=None, return_state=False, backend=None):
     return (y, S) if return_state else y
 
 
+def _check_inputs(r, k, v, w, u, state):
+    """Clear errors for what the kernel cannot take (the reference would fail obscurely or silently)."""
+    names = ("r", "k", "v", "w", "u")
+    tensors = (r, k, v, w, u)
+    for name, x in zip(names, tensors):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"wkv6: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if r.dim() != 4:
+        raise ValueError(f"wkv6: r must be (B, T, H, N), got shape {tuple(r.shape)}")
+    for name, x in zip(names[:4], tensors[:4]):
+        if x.shape != r.shape:
+            raise ValueError(f"wkv6: {name} has shape {tuple(x.shape)}, expected r's shape {tuple(r.shape)}")
+        if x.dtype != r.dtype:
+            raise TypeError(f"wkv6: {name} is {x.dtype} but r is {r.dtype}; pass r, k, v, w in one dtype")
+    for name, x in zip(names, tensors):
+        if x.device != r.device:
+            raise ValueError(f"wkv6: {name} is on {x.device} but r is on {r.device}")
+    if r.dtype not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"wkv6: inputs must be float32 or bfloat16, got {r.dtype}")
+    B, _, H, N = r.shape
+    if tuple(u.shape) != (H, N):
+        raise ValueError(f"wkv6: u has shape {tuple(u.shape)}, expected (H, N) = {(H, N)}")
+    if not u.is_floating_point():
+        raise TypeError(f"wkv6: u must be a floating-point tensor, got {u.dtype}")
+    if not 1 <= N <= MAX_HEAD_SIZE:
+        raise ValueError(f"wkv6: head size N={N} is outside 1..{MAX_HEAD_SIZE}")
+    if state is not None and tuple(state.shape) != (B, H, N, N):
+        raise ValueError(f"wkv6: state has shape {tuple(state.shape)}, expected (B, H, N, N) = {(B, H, N, N)}")
+
+
 def wkv6(r, k, v, w, u, state=None, return_state=False, backend=None):
     """WKV-6 scan.  r, k, v, w: (B, T, H, N); u: (H, N); state: (B, H, N, N) float32 or None.
 
-    Returns y (B, T, H, N) in the input dtype, and the final state when `return_state`.
+    Returns y (B, T, H, N) in the input dtype, and the final state (float32) when `return_state`.
+    `backend`: "auto" | "compiled" | "reference" (default: $HEARSCAN_SCAN_BACKEND or auto).
     """
-    if resolve_backend(backend, "wkv6") == "reference":
+    _check_inputs(r, k, v, w, u, state)
+    if resolve_backend(backend, "wkv6", r.device) == "reference":
         return wkv6_reference(r, k, v, w, u, state=state, return_state=return_state)
-    raise NotImplementedError("compiled wkv6 binding not written yet")
+    # Only CPU kernels exist; resolve_backend sends other devices to the reference (or raises), so a
+    # CUDA kernel would be one more branch here on r.device.
+    kernel = load("wkv6", r.device)
+    out = kernel.forward(
+        *(x.contiguous() for x in (r, k, v, w)),
+        u.float().contiguous(),
+        None if state is None else state.float().contiguous(),
+        bool(return_state),
+    )
+    return (out[0], out[1]) if return_state else out[0]
