@@ -1,0 +1,332 @@
+"""`hearscan results`: scores across seeds -> tables (CSV, Markdown, LaTeX) and plots.
+
+Reads every `test.predicted-scores.json` under the given directories: hearscan's probe output
+(`<module>/<task>/<protocol>/seed-NN/`, with `probe.json` beside it) and heareval's own runner output
+(`<module>/<task>/test.predicted-scores.json` inside an embeddings directory; protocol "heareval", seed
+from a `seed-N` / `seedN` path component when there is one).  A run's score is the seed papers' number:
+`aggregated_scores.test_score_mean` for fold tasks, else the single test fold's `test_score`.
+
+Per (protocol, module, task): n seeds, mean, sample standard deviation (ddof=1), and the 95 % Student-t
+half-width t.ppf(0.975, n-1) * std / sqrt(n) (NaN for n = 1).
+
+Normalised overall score: per task, (mean - chance) / (best - chance), where `chance` is the test score of
+a trivial predictor (the train label prior for every row, scored by heareval's functions; recorded by
+the linear probe in probe.json) and `best` is the best mean on that task over every (protocol, module)
+row of the table.  1 = the best row, 0 = chance; the overall score is the mean over tasks (the number of
+tasks it covers is given beside it).  It works for lower-is-better metrics too (both differences flip).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hearscan.errors import UserFacingError
+
+SCORES_FILE = "test.predicted-scores.json"
+PROBE_FILE = "probe.json"
+_SEED_RE = re.compile(r"seed[-_]?(\d+)$")
+
+
+@dataclass
+class Run:
+    protocol: str
+    module: str
+    task: str
+    seed: int | None
+    score: float
+    metric: str
+    score_mode: str
+    metrics: dict[str, float]  # every test metric (fold mean for fold tasks)
+    chance: float | None
+    path: Path
+
+
+def headline(results: dict) -> float:
+    if "aggregated_scores" in results:
+        return float(results["aggregated_scores"]["test_score_mean"])
+    folds = [v for v in results.values() if isinstance(v, dict) and "test_score" in v]
+    if len(folds) != 1:
+        raise ValueError("no test fold")
+    return float(folds[0]["test_score"])
+
+
+def _all_metrics(results: dict) -> dict[str, float]:
+    if "aggregated_scores" in results:
+        agg = results["aggregated_scores"]
+        return {k[5:-5]: float(v) for k, v in agg.items() if k.startswith("test_") and k.endswith("_mean")}
+    fold = next(v for v in results.values() if isinstance(v, dict) and "test_score" in v)
+    return {k[5:]: float(v) for k, v in fold.items() if k.startswith("test_")}
+
+
+def read_run(path: Path) -> Run:
+    """One `test.predicted-scores.json` (and `probe.json` beside it when hearscan wrote it)."""
+    try:
+        results = json.loads(path.read_text())
+        score = headline(results)
+    except (json.JSONDecodeError, ValueError, KeyError, StopIteration) as err:
+        raise UserFacingError(f"{path}: not a heareval score file ({err}); delete it or re-run that seed") from None
+    note_path = path.parent / PROBE_FILE
+    if note_path.is_file():
+        note = json.loads(note_path.read_text())
+        return Run(
+            note["protocol"], note["module"], note["task"], note.get("seed"), score, note.get("primary_metric", "score"),
+            note.get("score_mode", results.get("score_mode", "max")), _all_metrics(results), note.get("chance_level"), path,
+        )
+    # heareval's runner output: <embeddings>/<module>/<task>/test.predicted-scores.json (maybe under seed dirs)
+    parts = list(path.parent.parts)
+    seed = None
+    for i, part in reversed(list(enumerate(parts))):
+        m = _SEED_RE.search(part)
+        if m:
+            seed = int(m.group(1))
+            if i == len(parts) - 1:
+                parts = parts[:-1]  # .../<task>/seed-N/ layout
+            break
+    task, module = parts[-1], parts[-2] if len(parts) > 1 else "?"
+    metric = "score"
+    meta_path = path.parent / "task_metadata.json"
+    if meta_path.is_file():
+        metric = json.loads(meta_path.read_text())["evaluation"][0]
+    return Run("heareval", module, task, seed, score, metric, results.get("score_mode", "max"), _all_metrics(results), None, path)
+
+
+def collect(dirs: list[str | Path]) -> list[Run]:
+    runs = []
+    for d in map(Path, dirs):
+        if d.is_file() and d.name == SCORES_FILE:
+            runs.append(read_run(d))
+            continue
+        if not d.is_dir():
+            raise UserFacingError(f"{d}: no such directory (give the folders `hearscan probe --out` wrote)")
+        found = sorted(p for p in d.rglob(SCORES_FILE) if not any(x.startswith(".") for x in p.relative_to(d).parts))
+        runs.extend(read_run(p) for p in found)
+    if not runs:
+        raise UserFacingError(f"no {SCORES_FILE} under {', '.join(map(str, dirs))}; run `hearscan probe` first")
+    return runs
+
+
+def t_halfwidth(values) -> float:
+    """95 % Student-t confidence half-width of the mean: t.ppf(0.975, n-1) * std(ddof=1) / sqrt(n)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return math.nan
+    return float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def summarise(runs: list[Run]) -> list[dict]:
+    """One row per (protocol, module, task) with n, mean, std, ci95, chance, and the seeds' scores."""
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        groups.setdefault((r.protocol, r.module, r.task), []).append(r)
+    chance_by_task: dict[str, list[float]] = {}
+    for r in runs:
+        if r.chance is not None and not math.isnan(r.chance):
+            chance_by_task.setdefault(r.task, []).append(r.chance)
+    rows = []
+    for (protocol, module, task), group in sorted(groups.items()):
+        # unseeded heareval runs (plain runner output) are numbered in path order
+        group = sorted(group, key=lambda r: (r.seed is None, r.seed if r.seed is not None else 0, str(r.path)))
+        values = np.array([r.score for r in group], dtype=float)
+        chance = chance_by_task.get(task)
+        rows.append(
+            {
+                "protocol": protocol, "module": module, "task": task, "metric": group[0].metric,
+                "score_mode": group[0].score_mode, "n": len(values), "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
+                "ci95": t_halfwidth(values), "min": float(values.min()), "max": float(values.max()),
+                "chance": float(np.mean(chance)) if chance else math.nan,
+                "seeds": [r.seed for r in group], "scores": values.tolist(),
+            }
+        )
+    _normalise(rows)
+    return rows
+
+
+def _normalise(rows: list[dict]) -> None:
+    """Adds `normalised` to each row: (mean - chance) / (best - chance) over the rows of the same task."""
+    by_task: dict[str, list[dict]] = {}
+    for row in rows:
+        by_task.setdefault(row["task"], []).append(row)
+    for task_rows in by_task.values():
+        lower = task_rows[0]["score_mode"] == "min"
+        best = min(r["mean"] for r in task_rows) if lower else max(r["mean"] for r in task_rows)
+        for r in task_rows:
+            span = best - r["chance"]
+            r["best"] = best
+            r["normalised"] = (r["mean"] - r["chance"]) / span if span and not math.isnan(span) else math.nan
+
+
+def overall(rows: list[dict]) -> dict[tuple[str, str], tuple[float, int]]:
+    """(protocol, module) -> (mean normalised score over its tasks, number of tasks used)."""
+    acc: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        if not math.isnan(r["normalised"]):
+            acc.setdefault((r["protocol"], r["module"]), []).append(r["normalised"])
+    return {k: (float(np.mean(v)), len(v)) for k, v in acc.items()}
+
+
+# --- writers -----------------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, text: str | bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if isinstance(text, bytes):
+        tmp.write_bytes(text)
+    else:
+        tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _table(rows: list[dict]) -> tuple[list[str], list[str], dict, dict]:
+    tasks = sorted({r["task"] for r in rows})
+    keys = sorted({(r["protocol"], r["module"]) for r in rows})
+    cell = {(r["protocol"], r["module"], r["task"]): r for r in rows}
+    return tasks, keys, cell, overall(rows)
+
+
+def to_markdown(rows: list[dict]) -> str:
+    tasks, keys, cell, ov = _table(rows)
+    metric_of = {r["task"]: r["metric"] for r in rows}
+    head = ["protocol", "module"] + [f"{t}<br>{metric_of[t]}" for t in tasks] + ["normalised overall"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p, m in keys:
+        cells = []
+        for t in tasks:
+            r = cell.get((p, m, t))
+            cells.append("" if r is None else f"{_fmt(r['mean'])} ± {_fmt(r['ci95'])} (n={r['n']})")
+        o = ov.get((p, m))
+        cells.append("–" if o is None else f"{_fmt(o[0])} ({o[1]}/{len(tasks)} tasks)")
+        lines.append("| " + " | ".join([p, m] + cells) + " |")
+    lines.append("")
+    lines.append("mean ± 95 % Student-t half-width over seeds (n seeds). Normalised overall: mean over tasks of "
+                 "(mean − chance) / (best − chance); chance = trivial train-prior predictor.")
+    return "\n".join(lines) + "\n"
+
+
+def _tex(s: str) -> str:
+    return s.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("#", r"\#")
+
+
+def to_latex(rows: list[dict]) -> str:
+    tasks, keys, cell, ov = _table(rows)
+    lines = [
+        r"% generated by `hearscan results`: mean $\pm$ 95\% Student-t half-width over seeds",
+        r"\begin{tabular}{ll" + "c" * (len(tasks) + 1) + "}",
+        r"\hline",
+        " & ".join(["protocol", "module"] + [_tex(t) for t in tasks] + ["normalised"]) + r" \\",
+        r"\hline",
+    ]
+    for p, m in keys:
+        cells = []
+        for t in tasks:
+            r = cell.get((p, m, t))
+            cells.append("" if r is None else f"${_fmt(r['mean'])} \\pm {_fmt(r['ci95'])}$")
+        o = ov.get((p, m))
+        cells.append("" if o is None else f"${_fmt(o[0])}$")
+        lines.append(" & ".join([_tex(p), _tex(m)] + cells) + r" \\")
+    lines += [r"\hline", r"\end{tabular}"]
+    return "\n".join(lines).replace("–", "--") + "\n"
+
+
+def to_csv(rows: list[dict]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    cols = ["protocol", "module", "task", "metric", "score_mode", "n", "mean", "std", "ci95", "min", "max", "chance", "best", "normalised"]
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for r in rows:
+        w.writerow([r[c] if not isinstance(r[c], float) else repr(r[c]) for c in cols])
+    return buf.getvalue()
+
+
+def seeds_csv(runs: list[Run]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["protocol", "module", "task", "seed", "metric", "value", "path"])
+    for r in sorted(runs, key=lambda r: (r.protocol, r.module, r.task, r.seed if r.seed is not None else -1)):
+        w.writerow([r.protocol, r.module, r.task, r.seed, "score", repr(r.score), str(r.path)])
+        for name, value in sorted(r.metrics.items()):
+            if name != "score":
+                w.writerow([r.protocol, r.module, r.task, r.seed, name, repr(value), str(r.path)])
+    return buf.getvalue()
+
+
+def plot(rows: list[dict], protocol: str, path: Path) -> None:
+    """One panel per task, one bar per module (mean, 95 % CI error bar), chance as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["protocol"] == protocol]
+    tasks = sorted({r["task"] for r in rows})
+    modules = sorted({r["module"] for r in rows})
+    ncol = min(3, len(tasks))
+    nrow = math.ceil(len(tasks) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, task in zip(axes.flat, tasks):
+        task_rows = {r["module"]: r for r in rows if r["task"] == task}
+        xs = np.arange(len(modules))
+        means = [task_rows[m]["mean"] if m in task_rows else np.nan for m in modules]
+        errs = [np.nan_to_num(task_rows[m]["ci95"]) if m in task_rows else 0 for m in modules]
+        ax.bar(xs, means, yerr=errs, capsize=4, color=[colors[i % len(colors)] for i in range(len(modules))])
+        chance = next(iter(task_rows.values()))["chance"]
+        if not math.isnan(chance):
+            ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_xticks(xs)
+        ax.set_xticklabels(modules, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{task}\n{next(iter(task_rows.values()))['metric']}", fontsize=9)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    n = sorted({r["n"] for r in rows})
+    fig.suptitle(f"{protocol}: mean ± 95 % CI over {'/'.join(map(str, n))} seeds", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_results(dirs: list[str | Path], out: str | Path, quiet: bool = False) -> list[Path]:
+    runs = collect(dirs)
+    rows = summarise(runs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in (
+        ("summary.csv", to_csv(rows)),
+        ("summary.md", to_markdown(rows)),
+        ("summary.tex", to_latex(rows)),
+        ("scores_per_seed.csv", seeds_csv(runs)),
+        ("summary.json", json.dumps(rows, indent=2)),
+    ):
+        _atomic_write(out / name, text)
+        written.append(out / name)
+    for protocol in sorted({r["protocol"] for r in rows}):
+        path = out / f"plot-{protocol}.png"
+        plot(rows, protocol, path)
+        written.append(path)
+    if not quiet:
+        print(to_markdown(rows))
+        print("wrote " + ", ".join(str(p) for p in written))
+    return written
