@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from csrc._build import resolve_backend
+import os
+
+from csrc._build import load, resolve_backend
 
 
 def selective_scan_reference(
@@ -48,10 +50,132 @@ def selective_scan(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
     state=None, return_state=False, backend=None,
 ):
-    """Selective scan; returns out (B, D, L) in u's dtype, and the final state (B, D, N) if asked."""
-    if resolve_backend(backend, "selective_scan") == "reference":
+    """Selective scan; returns out (B, D, L) in u's dtype, and the final state (B, D, N) if asked.
+
+    u, delta and z may be float32 or bfloat16 (any layout: time-flipped views are fine); mixed dtypes
+    are computed in float32.  The state is float32.  The compiled kernel is forward-only: when autograd
+    needs a gradient, "auto" uses the (differentiable) reference.  `backend`: "auto" | "compiled" | "reference"
+    (default: $HEARSCAN_SCAN_BACKEND or auto).
+    """
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias, state)
+    kernel = None
+    if resolve_backend(backend, "selective_scan") == "compiled":
+        kernel = _kernel_for(u.device, backend, needs_grad=_needs_grad(u, delta, A, B, C, D, z, delta_bias, state))
+    if kernel is None:
         return selective_scan_reference(
             u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
             state=state, return_state=return_state,
         )
-    raise NotImplementedError("compiled selective_scan binding not written yet")
+    out_dtype = u.dtype
+    # The kernel reads u, delta, z in one dtype (float32 or bfloat16) and the small operands as float32;
+    # B and C are transposed to (B, L, N) so that one time step's d_state values are contiguous.
+    io_dtype = u.dtype if u.dtype in _KERNEL_DTYPES else torch.float32
+    if delta.dtype != io_dtype or (z is not None and z.dtype != io_dtype):
+        io_dtype = torch.float32
+    u, delta = u.to(io_dtype).contiguous(), delta.to(io_dtype).contiguous()
+    z = None if z is None else z.to(io_dtype).contiguous()
+    small = [None if x is None else x.float().contiguous() for x in (A, D, delta_bias, state)]
+    Bt, Ct = (x.float().transpose(1, 2).contiguous() for x in (B, C))
+    A, D, delta_bias, state = small
+    out, last_state = kernel(u, delta, A, Bt, Ct, D, z, delta_bias, bool(delta_softplus), state)
+    out = out.to(out_dtype)
+    return (out, last_state) if return_state else out
+
+
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _cpu_kernel(*args):
+    return load("selective_scan").forward(*args)
+
+
+# Compiled kernels by device type; a CUDA kernel slots in as "cuda".
+_KERNELS = {"cpu": _cpu_kernel}
+
+
+def _needs_grad(*tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _kernel_for(device, backend, needs_grad=False):
+    """The compiled kernel for `device`; None (use the reference) under "auto" when there is none."""
+    kernel = None if needs_grad else _KERNELS.get(device.type)
+    if kernel is None and (backend or os.environ.get("HEARSCAN_SCAN_BACKEND", "")).lower() == "compiled":
+        why = "is forward-only and an input requires grad" if needs_grad else f"does not exist for {device.type} tensors yet"
+        raise ValueError(
+            f"selective_scan: the compiled kernel {why}; use backend='reference' (or 'auto', which falls back to it)"
+        )
+    return kernel
+
+
+def _check_inputs(u, delta, A, B, C, D, z, delta_bias, state):
+    """Raise ValueError/TypeError naming the argument, its shape and the expected one."""
+    named = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z,
+             "delta_bias": delta_bias, "state": state}
+    for name, x in named.items():
+        if x is None:
+            continue
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"selective_scan: {name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"selective_scan: {name} must be a real floating tensor, got {x.dtype}")
+        if x.device != u.device:
+            raise ValueError(f"selective_scan: {name} is on {x.device} but u is on {u.device}")
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be (batch, channels, length), got shape {tuple(u.shape)}")
+    batch, dim, length = u.shape
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"selective_scan: A must be (channels={dim}, d_state), got {tuple(A.shape)}")
+    dstate = A.shape[1]
+    expect = {
+        "delta": (batch, dim, length), "z": (batch, dim, length),
+        "B": (batch, dstate, length), "C": (batch, dstate, length),
+        "D": (dim,), "delta_bias": (dim,), "state": (batch, dim, dstate),
+    }
+    for name, shape in expect.items():
+        x = named[name]
+        if x is not None and tuple(x.shape) != shape:
+            hint = " (only input-dependent, single-group B and C are supported)" if name in "BC" else ""
+            raise ValueError(
+                f"selective_scan: {name} must have shape {shape}, got {tuple(x.shape)}{hint}"
+            )
+
+
+def bench_cases(long: bool) -> list[dict]:
+    """Benchmark cases for `hearscan bench kernels`: AuM's real shapes (513 tokens, B = 2) and long T.
+
+    FLOPs follow anchors.md: 6 * d_inner * d_state per token (exp counted as one).
+    """
+    shapes = [(2, 384, 513, "AuM-tiny"), (2, 768, 512, "ggml anchor shape"), (2, 768, 513, "AuM-small"),
+              (2, 1536, 513, "AuM-base")]
+    if long:
+        shapes += [(1, 768, 4096, "long T"), (1, 768, 16384, "long T")]
+    cases = []
+    for batch, dim, length, label in shapes:
+        cases.append({
+            "name": f"selective_scan {label}",
+            "shape": f"B={batch} d_inner={dim} d_state=16 L={length}",
+            "make_inputs": _bench_inputs(batch, dim, 16, length),
+            "flops": 6 * dim * 16 * length * batch,
+            "tokens": length * batch,
+        })
+    return cases
+
+
+def _bench_inputs(batch, dim, dstate, length):
+    def make(dtype):
+        g = torch.Generator().manual_seed(0)
+        A = -torch.exp(torch.randn(dim, dstate, generator=g) * 0.5)
+        return {
+            "u": torch.randn(batch, dim, length, generator=g).to(dtype),
+            "delta": (torch.randn(batch, dim, length, generator=g) - 2).to(dtype),
+            "A": A,
+            "B": torch.randn(batch, dstate, length, generator=g).to(dtype),
+            "C": torch.randn(batch, dstate, length, generator=g).to(dtype),
+            "D": torch.randn(dim, generator=g),
+            "z": torch.randn(batch, dim, length, generator=g).to(dtype),
+            "delta_bias": torch.randn(dim, generator=g) * 0.1,
+            "delta_softplus": True,
+        }
+
+    return make

@@ -1,0 +1,267 @@
+"""The compiled selective scan equals its reference recurrence (csrc/selective_scan.py).
+
+Tolerances, per dtype (the kernel and the reference both compute in float32 from the same inputs):
+- float32: rtol 1e-4, atol 1e-4 on outputs of magnitude ~1-20 (observed max error ~3e-6: the kernel's
+  exp/softplus are polynomial approximations accurate to ~1e-7 relative); state rtol/atol 1e-4.
+- bfloat16: outputs are rounded to bfloat16 once, so they may differ by one bfloat16 ulp
+  (2^-8 relative): rtol 1e-2, atol 1e-2; the float32 state as for float32.
+"""
+
+import importlib
+
+import pytest
+import torch
+
+import csrc
+from csrc._build import KernelBuildError, load
+
+ss_mod = importlib.import_module("csrc.selective_scan")  # the package re-exports the function under this name
+
+try:
+    load("selective_scan")
+    HAVE_KERNEL = True
+except KernelBuildError:  # no compiler: the tests of the compiled path cannot run
+    HAVE_KERNEL = False
+
+needs_kernel = pytest.mark.skipif(not HAVE_KERNEL, reason="selective_scan kernel could not be built")
+
+TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.bfloat16: dict(rtol=1e-2, atol=1e-2)}
+STATE_TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+def make_inputs(batch, dim, dstate, length, dtype=torch.float32, seed=0, full=True):
+    """Mamba-like inputs: A = -exp(A_log) < 0, delta around softplus(-2 + bias)."""
+    g = torch.Generator().manual_seed(seed)
+    kw = {
+        "u": torch.randn(batch, dim, length, generator=g).to(dtype),
+        "delta": (torch.randn(batch, dim, length, generator=g) * 2 - 1).to(dtype),
+        "A": -torch.exp(torch.randn(dim, dstate, generator=g)),
+        "B": torch.randn(batch, dstate, length, generator=g).to(dtype),
+        "C": torch.randn(batch, dstate, length, generator=g).to(dtype),
+    }
+    if full:
+        kw.update(
+            D=torch.randn(dim, generator=g),
+            z=torch.randn(batch, dim, length, generator=g).to(dtype),
+            delta_bias=torch.randn(dim, generator=g) * 0.5,
+            delta_softplus=True,
+        )
+    else:  # without softplus delta must be positive to be a step size
+        kw["delta"] = kw["delta"].float().abs().to(dtype)
+    return kw
+
+
+def run_both(kw, **extra):
+    got = csrc.selective_scan(**kw, **extra, backend="compiled")
+    want = csrc.selective_scan(**kw, **extra, backend="reference")
+    return got, want
+
+
+SHAPES = [  # (batch, channels, d_state, length)
+    (1, 1, 1, 1),        # T = 1
+    (2, 5, 16, 1),
+    (2, 37, 16, 37),     # odd T, channels not a multiple of the 16-channel block
+    (3, 16, 16, 100),    # T not a multiple of 16, several time segments of the kernel
+    (2, 48, 16, 129),
+    (1, 20, 4, 255),     # small d_state
+    (2, 8, 33, 70),      # d_state not a power of two
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}xD{}xN{}xL{}".format(*s))
+@pytest.mark.parametrize("full", [True, False], ids=["D-z-bias-softplus", "plain"])
+def test_compiled_equals_reference(shape, dtype, full):
+    kw = make_inputs(*shape, dtype=dtype, full=full)
+    kw["state"] = torch.randn(shape[0], shape[1], shape[2])
+    (y, h), (y_ref, h_ref) = run_both(kw, return_state=True)
+    assert y.dtype == dtype and h.dtype == torch.float32
+    assert y.shape == y_ref.shape and h.shape == h_ref.shape
+    torch.testing.assert_close(y.float(), y_ref.float(), **TOL[dtype])
+    torch.testing.assert_close(h, h_ref, **STATE_TOL)
+
+
+@needs_kernel
+def test_aum_shape_float32():
+    """One AuM-small layer's scan (d_inner 768, 513 tokens)."""
+    kw = make_inputs(1, 768, 16, 513, seed=1)
+    y, y_ref = run_both(kw)
+    torch.testing.assert_close(y, y_ref, **TOL[torch.float32])
+
+
+@needs_kernel
+def test_long_sequence():
+    """T = 8192 (few channels to bound the reference's cost); the state must not drift."""
+    kw = make_inputs(1, 3, 16, 8192, seed=2)
+    (y, h), (y_ref, h_ref) = run_both(kw, return_state=True)
+    torch.testing.assert_close(y, y_ref, **TOL[torch.float32])
+    torch.testing.assert_close(h, h_ref, **STATE_TOL)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_with_carried_state_equals_one_pass(dtype):
+    kw = make_inputs(2, 21, 16, 150, dtype=dtype, seed=3)
+    full, h_full = csrc.selective_scan(**kw, return_state=True, backend="compiled")
+    outs, state = [], None
+    for lo, hi in [(0, 1), (1, 38), (38, 150)]:
+        part = {k: (v[..., lo:hi] if k in ("u", "delta", "z", "B", "C") else v) for k, v in kw.items()}
+        y, state = csrc.selective_scan(**part, state=state, return_state=True, backend="compiled")
+        outs.append(y)
+    torch.testing.assert_close(torch.cat(outs, dim=-1), full, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(state, h_full, rtol=1e-6, atol=1e-6)
+
+
+@needs_kernel
+def test_zero_length_passes_state_through():
+    kw = make_inputs(2, 3, 4, 0)
+    state = torch.randn(2, 3, 4)
+    y, h = csrc.selective_scan(**kw, state=state, return_state=True, backend="compiled")
+    assert y.shape == (2, 3, 0)
+    torch.testing.assert_close(h, state)
+
+
+# --- AuM's bidirectional schemes: two causal calls, the second on time-flipped inputs ------------------
+
+def flip(x):
+    return x.flip(-1)
+
+
+def fo_bi(kw, A_b, backend):
+    """Fo-Bi ('v1'): the backward scan reuses delta, B, C, D, z (time-flipped) with its own A_b."""
+    y_f = csrc.selective_scan(**kw, backend=backend)
+    back = {k: (flip(v) if k in ("u", "delta", "z", "B", "C") else v) for k, v in kw.items()}
+    back["A"] = A_b
+    return y_f + flip(csrc.selective_scan(**back, backend=backend))
+
+
+def bi_bi(kw_f, kw_b, backend):
+    """Bi-Bi ('v2'): separate everything; the backward inputs come from the flipped sequence."""
+    y_f = csrc.selective_scan(**kw_f, backend=backend)
+    y_b = csrc.selective_scan(**{k: (flip(v) if k in ("u", "delta", "z", "B", "C") else v)
+                                 for k, v in kw_b.items()}, backend=backend)
+    return (y_f + flip(y_b)) / 2
+
+
+def strided_views(kw):
+    """The layouts AuM produces: (B, L, D) projections seen as (B, D, L) -> non-contiguous inputs."""
+    return {k: (v.transpose(1, 2).contiguous().transpose(1, 2) if k in ("u", "delta", "z", "B", "C") else v)
+            for k, v in kw.items()}
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fo_bi_composition(dtype):
+    kw = strided_views(make_inputs(2, 40, 16, 65, dtype=dtype, seed=4))
+    assert not kw["u"].is_contiguous()
+    A_b = -torch.exp(torch.randn(40, 16))
+    got, want = fo_bi(kw, A_b, "compiled"), fo_bi(kw, A_b, "reference")
+    torch.testing.assert_close(got.float(), want.float(), **{k: 2 * v for k, v in TOL[dtype].items()})
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bi_bi_composition(dtype):
+    kw_f = strided_views(make_inputs(2, 40, 16, 65, dtype=dtype, seed=5))
+    kw_b = make_inputs(2, 40, 16, 65, dtype=dtype, seed=6)
+    got, want = bi_bi(kw_f, kw_b, "compiled"), bi_bi(kw_f, kw_b, "reference")
+    torch.testing.assert_close(got.float(), want.float(), **TOL[dtype])
+
+
+@needs_kernel
+def test_bidirectional_output_sees_the_future():
+    """Independent check of the flip convention: the backward output at t depends on inputs >= t only."""
+    kw = make_inputs(1, 4, 16, 30, seed=7)
+    A_b = -torch.exp(torch.randn(4, 16))
+    y = fo_bi(kw, A_b, "compiled")
+    kw2 = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    kw2["u"][..., 20:] += 1.0  # change the future only
+    y2 = fo_bi(kw2, A_b, "compiled")
+    fwd = csrc.selective_scan(**kw, backend="compiled")
+    fwd2 = csrc.selective_scan(**kw2, backend="compiled")
+    torch.testing.assert_close(fwd[..., :20], fwd2[..., :20])  # causal forward: past unchanged
+    assert not torch.allclose(y[..., :20], y2[..., :20])       # bidirectional: the past sees the future
+
+
+@needs_kernel
+def test_mixed_dtypes_compute_in_float32():
+    kw = make_inputs(1, 6, 16, 20, seed=8)
+    kw["u"] = kw["u"].bfloat16()
+    y, y_ref = run_both(kw)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), y_ref.float(), **TOL[torch.bfloat16])
+
+
+# --- dispatch and errors -------------------------------------------------------------------------------
+
+def test_reference_backend_never_calls_the_kernel(monkeypatch):
+    def boom(*args):
+        raise AssertionError("compiled kernel called")
+
+    monkeypatch.setitem(ss_mod._KERNELS, "cpu", boom)
+    kw = make_inputs(1, 3, 4, 5)
+    csrc.selective_scan(**kw, backend="reference")
+    monkeypatch.setenv("HEARSCAN_SCAN_BACKEND", "reference")
+    csrc.selective_scan(**kw)
+
+
+@needs_kernel
+def test_auto_backend_uses_the_kernel(monkeypatch):
+    calls = []
+    real = ss_mod._KERNELS["cpu"]
+    monkeypatch.setitem(ss_mod._KERNELS, "cpu", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.delenv("HEARSCAN_SCAN_BACKEND", raising=False)
+    csrc.selective_scan(**make_inputs(1, 3, 4, 5))
+    assert calls == [1]
+
+
+def test_device_without_kernel(monkeypatch):
+    """Under 'auto' a device with no compiled kernel falls back to the reference; 'compiled' says so."""
+    monkeypatch.setattr(ss_mod, "_KERNELS", {})
+    kw = make_inputs(1, 3, 4, 5)
+    monkeypatch.setattr(ss_mod, "resolve_backend", lambda backend, op: "compiled")
+    torch.testing.assert_close(csrc.selective_scan(**kw), csrc.selective_scan_reference(**kw))
+    with pytest.raises(ValueError, match="does not exist for cpu tensors"):
+        csrc.selective_scan(**kw, backend="compiled")
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (dict(u=torch.randn(2, 3)), ValueError, r"u must be \(batch, channels, length\)"),
+        (dict(A=torch.randn(4, 16)), ValueError, r"A must be \(channels=3, d_state\)"),
+        (dict(B=torch.randn(2, 1, 16, 7)), ValueError, "single-group B and C"),
+        (dict(C=torch.randn(2, 16, 6)), ValueError, r"C must have shape \(2, 16, 7\)"),
+        (dict(delta=torch.randn(2, 3, 8)), ValueError, r"delta must have shape \(2, 3, 7\)"),
+        (dict(D=torch.randn(4)), ValueError, r"D must have shape \(3,\)"),
+        (dict(state=torch.randn(2, 3, 15)), ValueError, r"state must have shape \(2, 3, 16\)"),
+        (dict(u=torch.ones(2, 3, 7, dtype=torch.int64)), TypeError, "real floating tensor"),
+        (dict(A=torch.randn(3, 16, dtype=torch.complex64)), TypeError, "real floating tensor"),
+        (dict(z=[1.0]), TypeError, "z must be a torch.Tensor"),
+    ],
+)
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+def test_bad_inputs_give_clear_errors(change, error, match, backend):
+    if backend == "compiled" and not HAVE_KERNEL:
+        pytest.skip("no kernel")
+    kw = make_inputs(2, 3, 16, 7)
+    kw.update(change)
+    with pytest.raises(error, match=match):
+        csrc.selective_scan(**kw, backend=backend)
+
+
+def test_bad_backend_name():
+    with pytest.raises(ValueError, match="unknown scan backend"):
+        csrc.selective_scan(**make_inputs(1, 2, 4, 3), backend="fast")
+
+
+def test_bench_cases_are_well_formed():
+    cases = ss_mod.bench_cases(long=True)
+    assert len(cases) > len(ss_mod.bench_cases(long=False))
+    for case in cases:
+        assert set(case) >= {"name", "shape", "make_inputs", "flops", "tokens"}
+    for case in ss_mod.bench_cases(long=False):
+        kw = case["make_inputs"](torch.bfloat16)
+        assert kw["u"].dtype == torch.bfloat16
+        assert case["flops"] == 6 * kw["u"].shape[1] * kw["A"].shape[1] * case["tokens"]
