@@ -308,6 +308,7 @@ class OfficialWrapper(nn.Module):
             return tokens.reshape(N, GRID_F, grid_t, D).transpose(1, 2).reshape(N, grid_t, GRID_F * D)
         return tokens.reshape(N, grid_t, GRID_F * D)
 
+    @torch.no_grad()
     def encode_logmel(self, logmel: torch.Tensor) -> torch.Tensor:
         """(B, T, 80) normalised log-mel -> (B, frames, 5 * D) timestamp embeddings (float32)."""
         B = logmel.shape[0]
