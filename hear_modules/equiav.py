@@ -1,0 +1,317 @@
+"""EquiAV's audio encoder (JongSuk1/EquiAV, fine-tuned audio-only model) as a HEAR module.
+
+Owns the audio branch of the EquiAV fine-tuning model: frontend, ViT encoder, the long-clip rule and the
+timestamp grid.
+
+Frontend (as the EquiAV dataset code): subtract the clip's mean; Kaldi fbank (htk_compat, 16 kHz,
+128 mels, Hanning, no energy, dither 0, 10 ms shift, 25 ms frames); zero-pad at the end or cut to 1024
+frames; normalise after padding `(fbank + 4.346) / 4.332`; repeat into 3 channels.
+
+Encoder: the (B, 3, 1024, 128) input is transposed to (B, 3, 128, 1024); 16x16 patches -> an 8 x 64 grid
+(frequency-major: token = band * 64 + column); + fixed sin-cos `pos_embed_a` (from the checkpoint) +
+`modality_a`; pre-norm ViT blocks (qkv bias, GELU MLP x4, LayerNorm eps 1e-5, D / 64 heads); `norm_a`.
+Scene embedding = mean of the `norm_a` tokens (D = 768 for the released model), exactly as the official
+forward pass pools before its projection head.  Width, depth and MLP width are read from the keys.
+
+Checkpoint: the fine-tuned state dict as the trainer saves it, every key prefixed `__M__.`; loaded
+strictly.  The official format also carries weights the audio-only forward never uses —
+`pred_v_inter.*` and each block's `norm1_a/norm1_v/norm2_a/norm2_v` — which are accepted by name and
+dropped; any other unexpected key fails.  `pred_a_inter` and `mlp_head` (linear or MLP head) are kept
+to reproduce the official logits.
+
+Timestamp embeddings: each of the 64 patch columns (16 frames = 160 ms) averaged over the 8 frequency
+bands, stamped at the column centre; columns that start after the clip's last frame are dropped.
+
+Long-clip rule: the model sees 1024 frames (10.24 s).  A clip of up to 1024 frames is one window, padded
+as the official code does (so its scene embedding is the official one).  A longer clip is cut into
+consecutive 1024-frame windows, the last one aligned to the clip's end (no padding, overlapping its
+neighbour); timestamp frames come from each window in turn, the last window contributing only the
+columns after the previous window's; the scene embedding is the mean of the window embeddings.  Time
+and memory are linear in clip length (attention is quadratic only within the fixed window).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hear_modules._audio import check_audio_batch
+from hear_modules._checkpoint import load_strict, read_checkpoint
+from hear_modules._frontend import kaldi_fbank
+from hearscan.errors import CheckpointError, UserFacingError
+
+SAMPLE_RATE = 16000
+N_MELS = 128
+TARGET_FRAMES = 1024
+PATCH = 16
+GRID_F, GRID_T = N_MELS // PATCH, TARGET_FRAMES // PATCH  # 8 x 64
+FBANK_MEAN, FBANK_STD = -4.346, 4.332
+MIN_SAMPLES = 400  # one 25 ms Kaldi frame
+HEAD_DIM = 64
+PREFIX = "__M__."
+SIZES = {"base": 768}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+BENCH_CONFIGS = [{"size": "base"}]
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, PATCH, stride=PATCH)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(dh)) v, as timm's Attention
+        return self.proj(y.transpose(1, 2).reshape(B, N, C))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, hidden: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def sincos_positions(dim: int) -> torch.Tensor:
+    """EquiAV's fixed table for the random-weights default (checkpoints carry their own)."""
+    def one_d(pos, d):
+        omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d / 2))
+        out = pos[:, None] * omega[None]
+        return torch.cat([out.sin(), out.cos()], dim=1)
+
+    f, t = torch.meshgrid(torch.arange(GRID_F, dtype=torch.float64), torch.arange(GRID_T, dtype=torch.float64), indexing="ij")
+    return torch.cat([one_d(f.reshape(-1), dim // 2), one_d(t.reshape(-1), dim // 2)], dim=1).float()[None]
+
+
+class EquiAVAudio(nn.Module):
+    """The audio branch: (B, 1024, 128) normalised fbank -> tokens, embedding, projection, logits."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, dim: int = 768, depth: int = 12, hidden: int | None = None, proj_dim: int = 512,
+                 head: list[int] | None = None, head_type: str = "linear"):
+        super().__init__()
+        self.dim = dim
+        self.patch_embed_a = PatchEmbed(dim)
+        self.pos_embed_a = nn.Parameter(sincos_positions(dim), requires_grad=False)
+        self.modality_a = nn.Parameter(torch.zeros(1, 1, dim))
+        self.blocks_a = nn.ModuleList(Block(dim, max(1, dim // HEAD_DIM), hidden or 4 * dim) for _ in range(depth))
+        self.norm_a = nn.LayerNorm(dim)
+        self.pred_a_inter = nn.Linear(dim, proj_dim)
+        self.mlp_head = None
+        if head is not None:  # [label_dim] for the linear head, [head_dim, label_dim] for the MLP head
+            if head_type == "linear":
+                self.mlp_head = nn.Sequential(nn.Linear(proj_dim, head[-1]))
+            else:
+                self.mlp_head = nn.Sequential(
+                    nn.Linear(proj_dim, head[0]), nn.BatchNorm1d(head[0]), nn.ReLU(), nn.Linear(head[0], head[-1])
+                )
+        self.scene_embedding_size = dim
+        self.timestamp_embedding_size = dim
+        self.compute_dtype = torch.float32
+        self.chunk_batch = 16
+
+    @property
+    def device(self) -> torch.device:
+        return self.modality_a.device
+
+    def tokens(self, fbank: torch.Tensor) -> torch.Tensor:
+        """(N, 1024, 128) -> (N, 512, D) `norm_a` tokens, frequency-major."""
+        x = fbank.to(self.compute_dtype)[:, None].expand(-1, 3, -1, -1).transpose(2, 3)  # (N, 3, 128, 1024)
+        x = self.patch_embed_a.proj(x).flatten(2).transpose(1, 2)
+        x = x + self.pos_embed_a + self.modality_a
+        for block in self.blocks_a:
+            x = block(x)
+        return self.norm_a(x)
+
+    def forward(self, fbank: torch.Tensor) -> dict:
+        """All official outputs for a batch of normalised fbanks (used by the parity tests)."""
+        tokens = self.tokens(fbank).float()
+        weight_dtype = self.pred_a_inter.weight.dtype
+        proj = self.pred_a_inter(tokens.to(weight_dtype)).mean(dim=1)
+        out = {"tokens": tokens, "embedding": tokens.mean(dim=1), "proj": proj.float()}
+        if self.mlp_head is not None:
+            out["logits"] = self.mlp_head(proj).float()
+        return out
+
+    def fbank(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N) audio -> (B, frames, 128) normalised fbank (at least 1024 frames, padded), frame counts."""
+        n_frames = 1 + (audio.shape[1] - 400) // 160
+        fb, _ = kaldi_fbank(audio.cpu(), SAMPLE_RATE, max(n_frames, TARGET_FRAMES), num_mel_bins=N_MELS, subtract_mean=True)
+        return ((fb - FBANK_MEAN) / FBANK_STD).to(self.device), n_frames
+
+    @torch.no_grad()
+    def embed(self, audio) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Timestamp embeddings (B, frames, D), timestamps (B, frames) ms, scene embeddings (B, D)."""
+        audio = check_audio_batch(audio, "equiav", min_samples=MIN_SAMPLES)
+        fb, n_frames = self.fbank(audio)
+        B = fb.shape[0]
+        starts = windows(n_frames)
+        batch = torch.stack([fb[:, s:s + TARGET_FRAMES] for s in starts], dim=1).flatten(0, 1)  # (B * W, 1024, 128)
+        toks = torch.cat([self.tokens(batch[i:i + self.chunk_batch]).float()
+                          for i in range(0, batch.shape[0], self.chunk_batch)])
+        toks = toks.unflatten(0, (B, len(starts)))  # (B, W, 512, D)
+        scene = toks.mean(dim=2).mean(dim=1)
+        columns = toks.unflatten(2, (GRID_F, GRID_T)).mean(dim=2)  # (B, W, 64, D): pooled over bands
+        frames, stamps, covered = [], [], 0
+        for w, s in enumerate(starts):
+            for c in range(GRID_T):
+                first = s + c * PATCH
+                if first < covered or first >= n_frames:
+                    continue
+                frames.append(columns[:, w, c])
+                # Kaldi frame i is centred at 10 i + 12.5 ms; a column spans 16 frames
+                stamps.append(10.0 * (first + (PATCH - 1) / 2) + 12.5)
+            covered = s + TARGET_FRAMES
+        emb = torch.stack(frames, dim=1)
+        ts = torch.tensor(stamps, dtype=torch.float64).float()[None].expand(B, -1).contiguous().to(emb.device)
+        return emb, ts, scene
+
+
+def windows(n_frames: int) -> list[int]:
+    """Start frames of the 1024-frame windows: one (padded) window up to 1024 frames, else
+    consecutive windows with the last one aligned to the clip's end."""
+    if n_frames <= TARGET_FRAMES:
+        return [0]
+    starts = list(range(0, n_frames - TARGET_FRAMES, TARGET_FRAMES))
+    return starts + [n_frames - TARGET_FRAMES]
+
+
+def unused_official_keys(depth: int) -> list[str]:
+    """Keys of the official format that the audio-only forward pass never reads."""
+    keys = ["pred_v_inter.weight", "pred_v_inter.bias"]
+    for i in range(depth):
+        for norm in ("norm1_a", "norm1_v", "norm2_a", "norm2_v"):
+            keys += [f"blocks_a.{i}.{norm}.weight", f"blocks_a.{i}.{norm}.bias"]
+    return keys
+
+
+def infer_config(state: dict, source: str) -> dict:
+    for key in ("patch_embed_a.proj.weight", "pos_embed_a", "norm_a.weight", "pred_a_inter.weight"):
+        if key not in state:
+            raise CheckpointError(
+                f"checkpoint {source} has no '{key}' (after removing the '{PREFIX}' prefix): not an EquiAV "
+                "fine-tuned checkpoint with an audio branch"
+            )
+    dim = state["norm_a.weight"].shape[0]
+    if tuple(state["pos_embed_a"].shape) != (1, GRID_F * GRID_T, dim):
+        raise CheckpointError(
+            f"checkpoint {source}: pos_embed_a is {tuple(state['pos_embed_a'].shape)}, expected (1, 512, {dim}) "
+            "(1024 frames x 128 mels in 16x16 patches)"
+        )
+    config = {
+        "dim": dim,
+        "depth": len({int(m.group(1)) for k in state if (m := re.match(r"blocks_a\.(\d+)\.", k))}),
+        "hidden": state["blocks_a.0.mlp.fc1.weight"].shape[0] if "blocks_a.0.mlp.fc1.weight" in state else 4 * dim,
+        "proj_dim": state["pred_a_inter.weight"].shape[0],
+        "head": None,
+        "head_type": "linear",
+    }
+    if "mlp_head.3.weight" in state:
+        config["head"] = [state["mlp_head.0.weight"].shape[0], state["mlp_head.3.weight"].shape[0]]
+        config["head_type"] = "mlp"
+    elif "mlp_head.0.weight" in state:
+        config["head"] = [state["mlp_head.0.weight"].shape[0]]
+    return config
+
+
+def load_model(model_file_path: str = "", **options) -> EquiAVAudio:
+    """Options: size ("base", the released model; ignored with a checkpoint), device, dtype,
+    chunk_batch (windows per encoder call)."""
+    valid = {"size": tuple(SIZES), "device": ("cpu", "cuda", None), "dtype": tuple(DTYPES), "chunk_batch": "int > 0",
+             "scan_backend": ("auto", "compiled", "reference")}
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise UserFacingError(f"hear_modules.equiav: unknown option(s) {unknown}; valid options: {sorted(valid)}")
+    for key in ("size", "dtype", "scan_backend"):
+        if key in options and options[key] not in valid[key]:
+            raise UserFacingError(f"hear_modules.equiav: {key}={options[key]!r} is not valid; choose one of {list(valid[key])}")
+    device = options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserFacingError("hear_modules.equiav: device='cuda' asked for, but no CUDA device is available")
+    if not (str(device) == "cpu" or str(device).startswith("cuda")):
+        raise UserFacingError(f"hear_modules.equiav: device={device!r} is not valid; choose 'cpu' or 'cuda'")
+    if model_file_path:
+        path = Path(model_file_path).expanduser()
+        raw = read_checkpoint(path)
+        if isinstance(raw.get("state_dict"), dict):  # tolerate a {'state_dict': ...} wrapper
+            raw = raw["state_dict"]
+        if not raw or not all(k.startswith(PREFIX) for k in raw):
+            others = sorted(k for k in raw if not k.startswith(PREFIX))[:5]
+            raise CheckpointError(
+                f"checkpoint {path}: expected the EquiAV fine-tuned state dict with every key prefixed "
+                f"'{PREFIX}' (as the EquiAV trainer saves it); found keys like {others}"
+            )
+        state = {k[len(PREFIX):]: v for k, v in raw.items()}
+        config = infer_config(state, str(path))
+        model = EquiAVAudio(**config)
+        load_strict(model, state, str(path), ignore=unused_official_keys(config["depth"]))
+        model.checkpoint_path = str(path)
+    else:
+        model = EquiAVAudio()
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.ndim > 1 and name != "pos_embed_a":
+                    p.normal_(0.0, 0.02, generator=g)
+        message = ("hear_modules.equiav: NO WEIGHTS GIVEN - using RANDOM weights (ViT-B); the embeddings are "
+                   "meaningless.  Pass the fine-tuned EquiAV checkpoint (.pth).")
+        warnings.warn(message, stacklevel=2)
+        print(f"WARNING: {message}", file=sys.stderr)
+        model.checkpoint_path = None
+    if "chunk_batch" in options:
+        if int(options["chunk_batch"]) <= 0:
+            raise UserFacingError("hear_modules.equiav: chunk_batch must be a positive integer")
+        model.chunk_batch = int(options["chunk_batch"])
+    model.compute_dtype = DTYPES[options.get("dtype", "float32")]
+    model.to(device=device, dtype=model.compute_dtype)
+    return model.eval()
+
+
+def _check(model) -> EquiAVAudio:
+    if not isinstance(model, EquiAVAudio):
+        raise UserFacingError("hear_modules.equiav: pass the model returned by hear_modules.equiav.load_model()")
+    return model
+
+
+def get_timestamp_embeddings(audio: torch.Tensor, model: EquiAVAudio):
+    emb, ts, _ = _check(model).embed(audio)
+    return emb, ts
+
+
+def get_scene_embeddings(audio: torch.Tensor, model: EquiAVAudio) -> torch.Tensor:
+    return _check(model).embed(audio)[2]
+
+
