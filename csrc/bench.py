@@ -1,5 +1,217 @@
-"""Placeholder: subcommands registered here are being written."""
+"""`hearscan bench kernels`: each compiled scan kernel against its PyTorch reference, side by side in one run.
+
+Protocol: every operator file `csrc/<op>.py` defines `bench_cases(long: bool) -> list[dict]`; a case is
+    {"name": str, "shape": str, "make_inputs": callable(dtype) -> kwargs for the op,
+     "flops": int (per call), "tokens": int (per call)}
+with optional keys
+    "reference": bool   time the reference too (default True; set False where its loop is too slow),
+    "scaling_T": int    the case belongs to the op's T-scaling line (cost per token against T).
+Operators whose file defines no `bench_cases` yet are skipped with a note.
+
+Printed per case: compiled ms, reference ms, speed-up, tokens/s, GFLOP/s and the fraction of this CPU's
+float32 peak, and the compiled time on 1 thread against N threads.  The peak is an estimate:
+cores x clock (from /proc/cpuinfo, "cpu MHz", i.e. no turbo) x SIMD lanes (16 with avx512f, 8 with
+avx2, else 4) x 2 FLOP per FMA x 2 FMA units per core (assumed; true of server AVX-512 cores).
+Shared machines are noisy: compare ratios measured in the same run, not absolute times across runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+OPS = ("wkv7", "wkv6", "selective_scan", "mlstm")
 
 
 def register(subparsers) -> None:
-    return None
+    parser = subparsers.add_parser(
+        "kernels",
+        help="compiled scan kernels vs their PyTorch references (time, GFLOP/s, fraction of peak)",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    parser.add_argument("--long", action="store_true", help="add long-T cases (T = 32768) and slower references")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for the timings (default: all)")
+    parser.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="input dtype")
+    parser.add_argument(
+        "--min-time", type=float, default=0.3, help="seconds of repeated calls per compiled timing (default 0.3)"
+    )
+    parser.set_defaults(func=run)
+
+
+# ---------------------------------------------------------------------------------------------- machine
+
+def cpu_info() -> dict:
+    """Cores, clock, SIMD width and the float32 peak estimate (see the module docstring)."""
+    flags, mhz, model = set(), None, platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "flags" and not flags:
+                flags = set(value.split())
+            elif key == "cpu MHz" and mhz is None:
+                mhz = float(value)
+            elif key == "model name":
+                model = value.strip()
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    lanes, isa = (16, "avx512f") if "avx512f" in flags else (8, "avx2") if "avx2" in flags else (4, "sse")
+    ghz = (mhz or 2000.0) / 1000.0
+    per_core = ghz * lanes * 2 * 2  # GFLOP/s: lanes x (2 FLOP per FMA) x (2 FMA units)
+    return {
+        "model": model,
+        "cores": cores,
+        "clock_ghz": ghz,
+        "clock_source": "/proc/cpuinfo cpu MHz" if mhz else "assumed 2.0 GHz",
+        "isa": isa,
+        "fp32_peak_gflops_per_core": per_core,
+        "peak_assumption": f"{ghz:.2f} GHz x {lanes} lanes ({isa}) x 2 FLOP/FMA x 2 FMA units per core",
+    }
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+def _time_call(fn, min_time: float, max_reps: int = 50) -> float:
+    """Median seconds per call over repeated calls (after one warm-up), at least 3 calls."""
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _time_once(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_op(op: str, long: bool, dtype, threads: int, min_time: float, info: dict, log) -> dict:
+    import torch
+
+    module = importlib.import_module(f"csrc.{op}")
+    if not hasattr(module, "bench_cases"):
+        return {"op": op, "skipped": f"csrc/{op}.py defines no bench_cases yet"}
+    fn = getattr(module, op)
+    from csrc import _build
+
+    try:
+        _build.load(op)
+    except _build.KernelBuildError as err:
+        return {"op": op, "skipped": f"compiled kernel unavailable: {err}"}
+    rows = []
+    for case in module.bench_cases(long):
+        kwargs = case["make_inputs"](dtype)
+        log(f"  {op} {case['name']} {case['shape']} ...")
+        torch.set_num_threads(threads)
+        compiled = _time_call(lambda: fn(**kwargs, backend="compiled"), min_time)
+        one_thread = None
+        if threads > 1:
+            torch.set_num_threads(1)
+            one_thread = _time_call(lambda: fn(**kwargs, backend="compiled"), min_time)
+            torch.set_num_threads(threads)
+        reference = None
+        if case.get("reference", True):
+            # the reference loop is slow: best of two single calls
+            reference = min(_time_once(lambda: fn(**kwargs, backend="reference")) for _ in range(2))
+        gflops = case["flops"] / compiled / 1e9
+        rows.append({
+            "name": case["name"],
+            "shape": case["shape"],
+            "scaling_T": case.get("scaling_T"),
+            "compiled_ms": compiled * 1e3,
+            "reference_ms": None if reference is None else reference * 1e3,
+            "speedup": None if reference is None else reference / compiled,
+            "tokens_per_s": case["tokens"] / compiled,
+            "ns_per_token": compiled / case["tokens"] * 1e9,
+            "gflops": gflops,
+            "fraction_of_peak": gflops / (info["fp32_peak_gflops_per_core"] * min(threads, info["cores"])),
+            "compiled_1thread_ms": None if one_thread is None else one_thread * 1e3,
+            "thread_scaling": None if one_thread is None else one_thread / compiled,
+        })
+    return {"op": op, "cases": rows}
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+def _cell(x, spec: str, width: int, suffix: str = "") -> str:
+    return ("-" if x is None else format(x, spec) + suffix).rjust(width)
+
+
+COLUMNS = [  # (title, width, key, format, suffix)
+    ("compiled ms", 12, "compiled_ms", ".3f", ""),
+    ("ref ms", 10, "reference_ms", ".1f", ""),
+    ("speed-up", 10, "speedup", ".1f", "x"),
+    ("tokens/s", 10, "tokens_per_s", ".3g", ""),
+    ("GFLOP/s", 9, "gflops", ".1f", ""),
+    ("% peak", 8, "fraction_of_peak", ".1%", ""),
+    ("1-thr ms", 10, "compiled_1thread_ms", ".3f", ""),
+    ("thr x", 7, "thread_scaling", ".2f", "x"),
+]
+
+
+def print_table(results: list[dict], info: dict, threads: int, dtype_name: str) -> None:
+    print(f"CPU: {info['model']}; {info['cores']} cores; {threads} thread(s); inputs {dtype_name}")
+    print(f"fp32 peak estimate: {info['fp32_peak_gflops_per_core']:.0f} GFLOP/s per core "
+          f"({info['peak_assumption']}; clock from {info['clock_source']})")
+    head = f"{'op':<15}{'case':<24}{'shape':<22}" + "".join(t.rjust(w) for t, w, *_ in COLUMNS)
+    print(head)
+    print("-" * len(head))
+    for res in results:
+        if "skipped" in res:
+            print(f"{res['op']:<15}skipped: {res['skipped']}")
+            continue
+        for r in res["cases"]:
+            cells = "".join(_cell(r[key], spec, w, suffix) for _, w, key, spec, suffix in COLUMNS)
+            print(f"{res['op']:<15}{r['name']:<24}{r['shape']:<22}{cells}")
+        line = _scaling_line(res)
+        if line:
+            print(f"{'':<15}T-scaling, compiled ns per token: {line}")
+    print("speed-up = reference ms / compiled ms; thr x = 1-thread ms / compiled ms; % peak of the threads used. "
+          "Compare ratios from one run, not absolute times across runs.")
+
+
+def _scaling_line(res: dict) -> str:
+    pts = sorted((r["scaling_T"], r["ns_per_token"]) for r in res.get("cases", []) if r.get("scaling_T"))
+    if len(pts) < 2:
+        return ""
+    base = pts[0][1]
+    return ", ".join(f"T={t}: {ns:.0f} ({ns / base:.2f})" for t, ns in pts) + "  (ratio to the shortest T; 1.00 = linear)"
+
+
+def run(args) -> int:
+    import torch
+
+    from hearscan.errors import UserFacingError
+
+    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    unknown = [o for o in ops if o not in OPS]
+    if unknown:
+        raise UserFacingError(f"unknown kernel(s) {', '.join(unknown)} in --ops; choose from {', '.join(OPS)}")
+    if args.threads is not None and args.threads < 1:
+        raise UserFacingError("--threads must be at least 1")
+    threads = args.threads or torch.get_num_threads()
+    dtype = getattr(torch, args.dtype)
+    info = cpu_info()
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    results = []
+    for op in ops:
+        results.append(bench_op(op, args.long, dtype, threads, args.min_time, info, log))
+    torch.set_num_threads(threads)
+    if args.json:
+        print(json.dumps({"cpu": info, "threads": threads, "dtype": args.dtype, "torch": torch.__version__,
+                          "results": results}, indent=2))
+    else:
+        print_table(results, info, threads, args.dtype)
+    return 0

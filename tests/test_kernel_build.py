@@ -1,5 +1,7 @@
 """Build-on-first-use: the cache is reused, its key follows the source, and failures are explained."""
 
+import importlib
+import json
 import shutil
 import subprocess
 import sys
@@ -98,3 +100,43 @@ def test_compile_error_is_reported(tmp_path, monkeypatch, fresh_build_state):
         _build.load("broken")
     assert not (_build.build_dir("broken") / ".built").exists()
 
+
+
+@pytest.mark.parametrize("op", ["wkv7", "wkv6"])
+def test_bench_cases_follow_the_protocol(op):
+    module = importlib.import_module(f"csrc.{op}")
+    cases = module.bench_cases(False)
+    assert len(cases) >= 3 and any(c.get("scaling_T") for c in cases)
+    assert any(c.get("scaling_T") == 512 and c["reference"] for c in cases)  # the 50x target is at T = 512
+    assert len(module.bench_cases(True)) > len(cases)
+    for case in cases:
+        assert {"name", "shape", "make_inputs", "flops", "tokens"} <= set(case)
+        assert case["flops"] > 0 and case["tokens"] > 0
+    kwargs = cases[0]["make_inputs"](torch.bfloat16)
+    assert getattr(module, op)(**kwargs, backend="compiled").dtype == torch.bfloat16
+
+
+def test_bench_kernels_command(monkeypatch, capsys):
+    """The `hearscan bench kernels` runner on one small case per op: a table, and JSON with the ratios."""
+    import argparse
+
+    from csrc import bench
+
+    for op in ("wkv7", "wkv6"):
+        module = importlib.import_module(f"csrc.{op}")
+        small = [dict(c, make_inputs=(lambda dtype, m=module: m._bench_inputs(1, 24, 2, 64, dtype)),
+                      flops=1, tokens=24) for c in module.bench_cases(False)[:1]]
+        small[0]["scaling_T"] = None
+        monkeypatch.setattr(module, "bench_cases", lambda long, s=small: s)
+    parser = argparse.ArgumentParser()
+    bench.register(parser.add_subparsers())
+    args = parser.parse_args(["kernels", "--ops", "wkv7,wkv6", "--threads", "2", "--min-time", "0"])
+    assert args.func(args) == 0
+    table = capsys.readouterr().out
+    assert "fp32 peak estimate" in table and "wkv7" in table and "wkv6" in table
+    args = parser.parse_args(["kernels", "--ops", "wkv7", "--json", "--min-time", "0", "--threads", "1"])
+    assert args.func(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    row = doc["results"][0]["cases"][0]
+    assert row["speedup"] > 0 and row["gflops"] > 0 and 0 < row["fraction_of_peak"]
+    assert doc["cpu"]["fp32_peak_gflops_per_core"] > 0
