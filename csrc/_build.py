@@ -57,17 +57,23 @@ def _device_type(device) -> str:
     return torch.device(device).type
 
 
-def resolve_backend(backend: str | None, op: str, device=None) -> str:
-    """Return "compiled" or "reference" for `op` on `device` (default CPU).
-
-    The choice comes from `backend`, else `$HEARSCAN_SCAN_BACKEND`, else "auto".
-    """
+def requested_backend(backend: str | None) -> str:
+    """The user's choice: `backend`, else `$HEARSCAN_SCAN_BACKEND`, else "auto" (validated)."""
     choice = (backend or os.environ.get(_ENV) or "auto").lower()
     if choice not in BACKENDS:
         raise ValueError(
             f"unknown scan backend {choice!r} (from {'argument' if backend else '$' + _ENV}); "
             f"choose one of {', '.join(BACKENDS)}"
         )
+    return choice
+
+
+def resolve_backend(backend: str | None, op: str, device=None) -> str:
+    """Return "compiled" or "reference" for `op` on `device` (default CPU).
+
+    The choice comes from `backend`, else `$HEARSCAN_SCAN_BACKEND`, else "auto".
+    """
+    choice = requested_backend(backend)
     if choice == "reference":
         return "reference"
     if choice == "compiled":

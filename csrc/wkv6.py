@@ -9,9 +9,11 @@ decay = exp(-exp(w)); the scale is 1 (as `naive_recurrent_rwkv6(scale=1.0)`).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
-from csrc._build import load, resolve_backend
+from csrc._build import load, requested_backend, resolve_backend
 
 MAX_HEAD_SIZE = 1024  # the compiled kernel's limit (kMaxHeadSize in wkv6_cpu.cpp)
 
@@ -63,6 +65,10 @@ def _check_inputs(r, k, v, w, u, state):
         raise ValueError(f"wkv6: state has shape {tuple(state.shape)}, expected (B, H, N, N) = {(B, H, N, N)}")
 
 
+def _needs_grad(*tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def wkv6(r, k, v, w, u, state=None, return_state=False, backend=None):
     """WKV-6 scan.  r, k, v, w: (B, T, H, N); u: (H, N); state: (B, H, N, N) float32 or None.
 
@@ -70,6 +76,19 @@ def wkv6(r, k, v, w, u, state=None, return_state=False, backend=None):
     `backend`: "auto" | "compiled" | "reference" (default: $HEARSCAN_SCAN_BACKEND or auto).
     """
     _check_inputs(r, k, v, w, u, state)
+    if _needs_grad(r, k, v, w, u, state):
+        # the compiled kernel is forward-only; the reference is differentiable
+        if requested_backend(backend) == "compiled":
+            raise ValueError(
+                "wkv6: the compiled kernel is forward-only and an input requires grad; "
+                "use backend='reference' or 'auto' (which falls back to it), or run under torch.no_grad()"
+            )
+        warnings.warn(
+            "wkv6: an input requires grad, so the slow differentiable reference runs instead of the compiled "
+            "kernel; wrap inference in torch.no_grad() or torch.inference_mode()",
+            stacklevel=2,
+        )
+        return wkv6_reference(r, k, v, w, u, state=state, return_state=return_state)
     if resolve_backend(backend, "wkv6", r.device) == "reference":
         return wkv6_reference(r, k, v, w, u, state=state, return_state=return_state)
     # Only CPU kernels exist; resolve_backend sends other devices to the reference (or raises), so a

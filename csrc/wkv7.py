@@ -12,9 +12,11 @@ scan on the time-flipped sequence for its backward direction.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
-from csrc._build import load, resolve_backend
+from csrc._build import load, requested_backend, resolve_backend
 
 MAX_HEAD_SIZE = 1024  # the compiled kernel's limit (kMaxHeadSize in wkv7_cpu.cpp)
 
@@ -65,6 +67,10 @@ def _check_inputs(r, w, k, v, a, b, state):
         raise ValueError(f"wkv7: state has shape {tuple(state.shape)}, expected (B, H, N, N) = {(B, H, N, N)}")
 
 
+def _needs_grad(*tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def wkv7(r, w, k, v, a, b, state=None, return_state=False, backend=None):
     """WKV-7 scan.  r, w, k, v, a, b: (B, T, H, N); state: (B, H, N, N) float32 or None.
 
@@ -73,6 +79,19 @@ def wkv7(r, w, k, v, a, b, state=None, return_state=False, backend=None):
     Inputs may be non-contiguous (e.g. time-flipped views); the compiled path copies them.
     """
     _check_inputs(r, w, k, v, a, b, state)
+    if _needs_grad(r, w, k, v, a, b, state):
+        # the compiled kernel is forward-only; the reference is differentiable
+        if requested_backend(backend) == "compiled":
+            raise ValueError(
+                "wkv7: the compiled kernel is forward-only and an input requires grad; "
+                "use backend='reference' or 'auto' (which falls back to it), or run under torch.no_grad()"
+            )
+        warnings.warn(
+            "wkv7: an input requires grad, so the slow differentiable reference runs instead of the compiled "
+            "kernel; wrap inference in torch.no_grad() or torch.inference_mode()",
+            stacklevel=2,
+        )
+        return wkv7_reference(r, w, k, v, a, b, state=state, return_state=return_state)
     if resolve_backend(backend, "wkv7", r.device) == "reference":
         return wkv7_reference(r, w, k, v, a, b, state=state, return_state=return_state)
     # Only CPU kernels exist; resolve_backend sends other devices to the reference (or raises), so a

@@ -128,3 +128,16 @@ def test_backend_selected_by_argument_or_environment(monkeypatch):
     monkeypatch.setenv("HEARSCAN_SCAN_BACKEND", "reference")
     assert csrc.wkv6(*x) == "reference was called"
     assert isinstance(csrc.wkv6(*x, backend="compiled"), torch.Tensor)
+
+
+def test_inputs_requiring_grad_use_the_differentiable_reference():
+    x = _inputs(1, 6, 2, 64)
+    x[4].requires_grad_()
+    with pytest.warns(UserWarning, match="requires grad"):
+        y = csrc.wkv6(*x)
+    y.sum().backward()
+    assert x[4].grad is not None
+    with pytest.raises(ValueError, match="forward-only"):
+        csrc.wkv6(*x, backend="compiled")
+    with torch.inference_mode():
+        torch.testing.assert_close(csrc.wkv6(*x, backend="compiled"), y.detach(), **TOL[torch.float32])

@@ -146,3 +146,16 @@ def test_backend_selected_by_argument_or_environment(monkeypatch):
     assert isinstance(csrc.wkv7(*x, backend="compiled"), torch.Tensor)  # the argument wins
     monkeypatch.setenv("HEARSCAN_SCAN_BACKEND", "auto")
     assert isinstance(csrc.wkv7(*x), torch.Tensor)  # auto picks the compiled kernel when it builds
+
+
+def test_inputs_requiring_grad_use_the_differentiable_reference():
+    x = [t.requires_grad_() for t in _inputs(1, 6, 2, 64)]
+    with pytest.warns(UserWarning, match="requires grad"):
+        y = csrc.wkv7(*x)  # auto: falls back to the reference, which autograd can differentiate
+    y.sum().backward()
+    assert x[0].grad is not None
+    with pytest.raises(ValueError, match="forward-only"):
+        csrc.wkv7(*x, backend="compiled")
+    with torch.no_grad():
+        y_ng = csrc.wkv7(*x, backend="compiled")
+    torch.testing.assert_close(y_ng, y.detach(), **TOL[torch.float32])
