@@ -204,3 +204,23 @@ def test_cuda_matches_fixture(variant):
     model = model.to("cuda")
     scene = aum.get_scene_embeddings(clips[0], model)
     assert (scene[0].cpu() - expected["features"][0]).abs().max() < ATOL
+
+
+def _hearscan_validate(*args) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "hearscan"
+    return subprocess.run([str(exe), "validate", "hear_modules.aum", "--device", "cpu", *args],
+                          capture_output=True, text=True, timeout=1200, env=dict(os.environ))
+
+
+def test_hearscan_validate_with_checkpoint():
+    run = _hearscan_validate("--model", str(FIXTURES / "bibi" / "checkpoint.pth"))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "Looks good!" in run.stdout + run.stderr and "passed hear-validator" in run.stdout
+
+
+@pytest.mark.slow
+def test_hearscan_validate_without_checkpoint():
+    """The default (random-weight AuM base Fo-Bi, 24 layers) passes and warns loudly."""
+    run = _hearscan_validate()
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "RANDOM weights" in run.stdout + run.stderr and "passed hear-validator" in run.stdout
