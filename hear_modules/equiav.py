@@ -20,7 +20,8 @@ dropped; any other unexpected key fails.  `pred_a_inter` and `mlp_head` (linear 
 to reproduce the official logits.
 
 Timestamp embeddings: each of the 64 patch columns (16 frames = 160 ms) averaged over the 8 frequency
-bands, stamped at the column centre; columns that start after the clip's last frame are dropped.
+bands, stamped at the column centre (a 160 ms hop from 87.5 ms); columns centred after the clip's end
+are dropped (they hold mostly padding, and HEAR wants no timestamp past the audio).
 
 Long-clip rule: the model sees 1024 frames (10.24 s).  A clip of up to 1024 frames is one window, padded
 as the official code does (so its scene embedding is the official one).  A longer clip is cut into
@@ -185,15 +186,17 @@ class EquiAVAudio(nn.Module):
         toks = toks.unflatten(0, (B, len(starts)))  # (B, W, 512, D)
         scene = toks.mean(dim=2).mean(dim=1)
         columns = toks.unflatten(2, (GRID_F, GRID_T)).mean(dim=2)  # (B, W, 64, D): pooled over bands
+        duration_ms = audio.shape[1] / SAMPLE_RATE * 1000.0
         frames, stamps, covered = [], [], 0
         for w, s in enumerate(starts):
             for c in range(GRID_T):
                 first = s + c * PATCH
-                if first < covered or first >= n_frames:
-                    continue
-                frames.append(columns[:, w, c])
                 # Kaldi frame i is centred at 10 i + 12.5 ms; a column spans 16 frames
-                stamps.append(10.0 * (first + (PATCH - 1) / 2) + 12.5)
+                centre = 10.0 * (first + (PATCH - 1) / 2) + 12.5
+                if first < covered or first >= n_frames or centre > duration_ms:
+                    continue  # already covered by the previous window, or (mostly) padding
+                frames.append(columns[:, w, c])
+                stamps.append(centre)
             covered = s + TARGET_FRAMES
         emb = torch.stack(frames, dim=1)
         ts = torch.tensor(stamps, dtype=torch.float64).float()[None].expand(B, -1).contiguous().to(emb.device)

@@ -5,6 +5,8 @@ holding an ml_collections ConfigDict) loaded without unpickling anything else.""
 import argparse
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +213,22 @@ def test_bfloat16_runs_close_to_float32(model, expected):
     emb = bf.encode_logmel(logmel)
     ref = model.encode_logmel(logmel)
     assert emb.dtype == torch.float32 and rel_fro(emb, ref) < 0.05
+
+
+def _hearscan_validate_available() -> bool:
+    exe = Path(sys.executable).parent / "hearscan"
+    out = subprocess.run([str(exe), "validate", "--help"], capture_output=True, text=True)
+    return out.returncode == 0
+
+
+@pytest.mark.skipif(not _hearscan_validate_available(), reason="`hearscan validate` not available")
+@pytest.mark.parametrize("with_weights", [True, False])
+def test_hear_validator_passes(with_weights):
+    cmd = [str(Path(sys.executable).parent / "hearscan"), "validate", "hear_modules.axlstm", "--device", "cpu"]
+    if with_weights:
+        cmd += ["--model", str(CKPT_DIR)]
+    env = {k: v for k, v in os.environ.items() if k != "PT_AXLSTM_MODEL_DIR"}
+    env["OMP_NUM_THREADS"] = "1"
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "passed hear-validator" in out.stdout

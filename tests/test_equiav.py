@@ -1,6 +1,9 @@
 """EquiAV audio encoder: parity with the official fine-tuned model (fbank, tokens, embedding, logits),
 strict loading of the `__M__.` state dict, timestamp grid and the long-clip rule."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +102,22 @@ def test_options_and_random_default(capsys):
         model = equiav.load_model(device="cpu")
     assert "RANDOM weights" in capsys.readouterr().err
     assert model.scene_embedding_size == 768 and len(model.blocks_a) == 12
+
+
+def _hearscan_validate_available() -> bool:
+    exe = Path(sys.executable).parent / "hearscan"
+    out = subprocess.run([str(exe), "validate", "--help"], capture_output=True, text=True)
+    return out.returncode == 0
+
+
+@pytest.mark.skipif(not _hearscan_validate_available(), reason="`hearscan validate` not available")
+@pytest.mark.parametrize("with_weights", [True, False])
+def test_hear_validator_passes(with_weights):
+    cmd = [str(Path(sys.executable).parent / "hearscan"), "validate", "hear_modules.equiav", "--device", "cpu"]
+    if with_weights:
+        cmd += ["--model", str(CKPT)]
+    env = {k: v for k, v in os.environ.items() if k != "PT_AXLSTM_MODEL_DIR"}
+    env["OMP_NUM_THREADS"] = "1"
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "passed hear-validator" in out.stdout

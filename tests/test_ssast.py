@@ -3,6 +3,8 @@
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +173,22 @@ def test_random_default_warns_loudly(capsys, monkeypatch):
     assert model.scene_embedding_size == 960 and len(model.encoder.blocks) == 12
     emb = ssast.get_scene_embeddings(torch.zeros(2, 8000), model)  # silence is valid input
     assert emb.shape == (2, 960) and torch.isfinite(emb).all()
+
+
+def _hearscan_validate_available() -> bool:
+    exe = Path(sys.executable).parent / "hearscan"
+    out = subprocess.run([str(exe), "validate", "--help"], capture_output=True, text=True)
+    return out.returncode == 0
+
+
+@pytest.mark.skipif(not _hearscan_validate_available(), reason="`hearscan validate` not available")
+@pytest.mark.parametrize("with_weights", [True, False])
+def test_hear_validator_passes(with_weights):
+    cmd = [str(Path(sys.executable).parent / "hearscan"), "validate", "hear_modules.ssast", "--device", "cpu"]
+    if with_weights:
+        cmd += ["--model", str(CKPT_DIR)]
+    env = {k: v for k, v in os.environ.items() if k != "PT_AXLSTM_MODEL_DIR"}
+    env["OMP_NUM_THREADS"] = "1"
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "passed hear-validator" in out.stdout
