@@ -46,7 +46,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-epochs", type=int, default=None, help="override the grid's max_epochs")
     p.add_argument("--grid-override", default=None,
                    help='JSON dict of numeric grid values, e.g. \'{"patience": [5]}\'')
-    p.add_argument("--gpus", default=None, help='JSON list of GPU ids, e.g. "[0]" (default: CPU)')
+    p.add_argument("--gpus", default=None, help='JSON list of GPU ids, e.g. "[0]"; "[]" for CPU (default: heareval\'s, [0] when CUDA is present)')
     p.add_argument("--rerun", action="store_true", help="replace scores predicted with other settings")
     p.add_argument("--log-dir", default=None, help="keep Lightning logs here (checkpoints are still removed)")
     p.set_defaults(func=_predict)

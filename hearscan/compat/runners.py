@@ -65,6 +65,32 @@ class PredictionResult:
 
 
 # ----------------------------------------------------------------------------------- subprocess
+class _Tail:
+    """The last lines of a tool's output, for error messages (progress-bar redraws collapsed)."""
+
+    def __init__(self, lines: int = 40):
+        self.lines: collections.deque[str] = collections.deque(maxlen=lines)
+        self.partial = ""
+
+    def add(self, chunk: bytes) -> None:
+        parts = (self.partial + chunk.decode(errors="replace")).split("\n")
+        self.partial = parts.pop()
+        for line in parts:
+            self.lines.append(line.split("\r")[-1][:2000])
+        self.partial = self.partial[-20000:]
+
+    def text(self) -> str:
+        last = [self.partial.split("\r")[-1][:2000]] if self.partial.strip() else []
+        return "\n".join([*self.lines, *last])
+
+
+def resolve_module(module: str) -> str:
+    """`logmel` -> `hear_modules.logmel` for hearscan's own modules; other names unchanged."""
+    from hear_modules import MODULES
+
+    return f"hear_modules.{module}" if module in MODULES else module
+
+
 def _check_module(module: str) -> None:
     """Unknown module -> UserFacingError, before a subprocess is spent on it."""
     if module.startswith(".") or not module.replace(".", "").replace("_", "").isalnum():
@@ -106,18 +132,18 @@ def launch(tool: str, launcher_args: list[str], tool_args: list[str], verbose: b
     cmd = [sys.executable, "-m", "hearscan.compat.launch", tool, "--origin-cwd", os.getcwd(), *launcher_args,
            "--", *tool_args]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    tail: collections.deque[str] = collections.deque(maxlen=40)
+    tail = _Tail()
     start = time.time()
     try:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace", bufsize=1)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
-            for line in proc.stdout:
+            # Raw chunks, not lines: tqdm redraws with carriage returns and must show as it goes.
+            while chunk := proc.stdout.read1(65536):
                 if verbose:
-                    sys.stdout.write(line)
+                    sys.stdout.buffer.write(chunk) if hasattr(sys.stdout, "buffer") else sys.stdout.write(
+                        chunk.decode(errors="replace"))
                     sys.stdout.flush()
-                # tqdm redraws with carriage returns: keep only the last state of such lines
-                tail.append(line.rstrip("\n").split("\r")[-1][:2000])
+                tail.add(chunk)
             proc.wait(timeout=timeout)
         except BaseException:
             proc.kill()
@@ -126,7 +152,7 @@ def launch(tool: str, launcher_args: list[str], tool_args: list[str], verbose: b
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
-    run = ToolRun(tool, proc.returncode, "\n".join(tail), time.time() - start)
+    run = ToolRun(tool, proc.returncode, tail.text(), time.time() - start)
     if proc.returncode != 0:
         raise HearToolError(tool, proc.returncode, run.output_tail)
     return run
@@ -136,6 +162,7 @@ def launch(tool: str, launcher_args: list[str], tool_args: list[str], verbose: b
 def run_validator(module: str, model_path=None, device: str | None = None, verbose: bool = True,
                   disable_fixes: tuple[str, ...] = ()) -> ToolRun:
     """hear-validator on `module` (+ weights file).  Raises HearToolError when the module fails it."""
+    module = resolve_module(module)
     _check_module(module)
     tool_args = [module]
     path = _model_path(model_path)
@@ -159,6 +186,7 @@ def run_embeddings(module: str, model_path=None, tasks_dir=None, embeddings_dir=
     Returns the module's embeddings folder `embeddings_dir/<module>[-k=v...]` and its task folders.
     Tasks already marked `.done.embeddings` are skipped by heareval (resume after an interruption).
     """
+    module = resolve_module(module)
     _check_module(module)
     if tasks_dir is None or embeddings_dir is None:
         raise UserFacingError("run_embeddings needs tasks_dir and embeddings_dir")
@@ -229,7 +257,8 @@ def run_predictions(emb_task_dirs, seed: int | None = None, grid: str = "default
 
     seed: replaces heareval's fixed seed 42 (None keeps 42).  grid: default|fast|faster (heareval's) or
     fork (the seed papers' 2-point grid).  grid_points: how many shuffled grid points to train (default:
-    8, or all points of the fork grid).  gpus: None (CPU), or a list like [0].  grid_overrides: plain
+    8, or both points of the fork grid).  gpus: None (heareval's default: [0] when CUDA is present, else
+    CPU), [] for CPU, or a list of device ids like [0].  grid_overrides: plain
     numeric grid values, e.g. {"max_epochs": [3]}.  Outputs are written inside each task folder by
     heareval; `prediction-hearscan.json` records the settings.  A folder already predicted with the same
     settings is skipped (resume); with other settings it raises unless rerun=True.  Lightning logs go to
@@ -286,8 +315,8 @@ def run_predictions(emb_task_dirs, seed: int | None = None, grid: str = "default
         tool_args = [str(p) for p in todo] + ["--grid-points", str(grid_points),
                                               "--deterministic", str(bool(deterministic)),
                                               "--in-memory", str(bool(in_memory))]
-        if gpus is not None:
-            tool_args += ["--gpus", json.dumps(gpus)]
+        if gpus is not None:  # [] or 0 -> CPU even where CUDA is present
+            tool_args += ["--gpus", json.dumps(gpus or None)]
         for path in todo:
             # Written first, so that heareval's done marker always has the settings beside it.
             _write_json_atomic(path / SETTINGS_FILE, settings)
