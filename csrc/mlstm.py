@@ -13,11 +13,12 @@ State: (C (B, H, DH, DH), n (B, H, DH), m (B, H)), float32.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 
-from csrc._build import resolve_backend
+from csrc._build import load, resolve_backend
 
 
 def mlstm_parallel_reference(q, k, v, igate, fgate, eps=1e-6):
@@ -69,7 +70,141 @@ def mlstm_reference(q, k, v, igate, fgate, state=None, return_state=False, eps=1
 
 
 def mlstm(q, k, v, igate, fgate, state=None, return_state=False, eps=1e-6, backend=None):
-    """mLSTM in linear time.  Returns h (B, H, T, DH) in q's dtype, and (C, n, m) if `return_state`."""
-    if resolve_backend(backend, "mlstm") == "reference":
+    """mLSTM in linear time.  Returns h (B, H, T, DH) in q's dtype, and (C, n, m) if `return_state`.
+
+    q, k: (B, H, T, DH); v: (B, H, T, DHV) (DHV = DH in xLSTM); igate, fgate: (B, H, T) (or (B, H, T, 1),
+    the official layout) pre-activations.  q, k, v may be float32 or bfloat16 in any layout; gates and
+    state are computed in float32.  The compiled kernel is forward-only: when autograd needs a gradient,
+    "auto" uses the (differentiable) reference.  `backend`: "auto" | "compiled" | "reference" (default:
+    $HEARSCAN_SCAN_BACKEND or auto).
+    """
+    igate, fgate = _check_inputs(q, k, v, igate, fgate, state)
+    kernel = None
+    if resolve_backend(backend, "mlstm") == "compiled":
+        kernel = _kernel_for(q.device, backend, needs_grad=_needs_grad(q, k, v, igate, fgate, state))
+    if kernel is None:
         return mlstm_reference(q, k, v, igate, fgate, state=state, return_state=return_state, eps=eps)
-    raise NotImplementedError("compiled mlstm binding not written yet")
+    out_dtype = q.dtype
+    io_dtype = q.dtype if q.dtype in _KERNEL_DTYPES and k.dtype == v.dtype == q.dtype else torch.float32
+    q, k, v = (x.to(io_dtype).contiguous() for x in (q, k, v))
+    igate, fgate = (x.float().contiguous() for x in (igate, fgate))
+    C0, n0, m0 = (None, None, None) if state is None else (s.float().contiguous() for s in state)
+    h, C, n, m = kernel(q, k, v, igate, fgate, C0, n0, m0, float(eps),
+                        chunk_size(q.shape[2], q.shape[3], v.shape[3]), bool(return_state))
+    h = h.to(out_dtype)
+    return (h, (C, n, m)) if return_state else h
+
+
+def chunk_size(length: int, dqk: int, dv: int) -> int:
+    """Tokens per chunk of the compiled kernel.
+
+    Per token a chunk of size c costs ~4*c*DH FLOPs inside the chunk and ~4*DH^2 for carrying the state,
+    so one chunk (the plain parallel form) is cheapest for short sequences; beyond that chunks of ~DH
+    tokens balance the two terms.  Capped so the (c, c) score matrix stays small and cost stays linear.
+    """
+    width = max(dqk, dv)
+    one_pass_limit = max(256, 2 * width)  # AxLSTM: T = 251 tokens -> one chunk at every size
+    if length <= one_pass_limit:
+        return max(length, 1)
+    return int(min(max(64, width), 512))
+
+
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _cpu_kernel(*args):
+    return load("mlstm").forward(*args)
+
+
+# Compiled kernels by device type; a CUDA kernel slots in as "cuda".
+_KERNELS = {"cpu": _cpu_kernel}
+
+
+def _needs_grad(*tensors):
+    if not torch.is_grad_enabled():
+        return False
+    flat = [t for x in tensors if x is not None for t in (x if isinstance(x, (tuple, list)) else (x,))]
+    return any(t.requires_grad for t in flat)
+
+
+def _kernel_for(device, backend, needs_grad=False):
+    """The compiled kernel for `device`; None (use the reference) under "auto" when there is none."""
+    kernel = None if needs_grad else _KERNELS.get(device.type)
+    if kernel is None and (backend or os.environ.get("HEARSCAN_SCAN_BACKEND", "")).lower() == "compiled":
+        why = "is forward-only and an input requires grad" if needs_grad else f"does not exist for {device.type} tensors yet"
+        raise ValueError(
+            f"mlstm: the compiled kernel {why}; use backend='reference' (or 'auto', which falls back to it)"
+        )
+    return kernel
+
+
+def _check_inputs(q, k, v, igate, fgate, state):
+    """Validate shapes/dtypes (ValueError/TypeError naming the argument); return gates as (B, H, T)."""
+    named = {"q": q, "k": k, "v": v, "igate": igate, "fgate": fgate}
+    for name, x in named.items():
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"mlstm: {name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"mlstm: {name} must be a real floating tensor, got {x.dtype}")
+        if x.device != q.device:
+            raise ValueError(f"mlstm: {name} is on {x.device} but q is on {q.device}")
+    if q.dim() != 4:
+        raise ValueError(f"mlstm: q must be (batch, heads, time, head_dim), got shape {tuple(q.shape)}")
+    B, H, T, DH = q.shape
+    if tuple(k.shape) != (B, H, T, DH):
+        raise ValueError(f"mlstm: k must have q's shape {(B, H, T, DH)}, got {tuple(k.shape)}")
+    if v.dim() != 4 or tuple(v.shape[:3]) != (B, H, T):
+        raise ValueError(f"mlstm: v must be {(B, H, T)} + (value_dim,), got {tuple(v.shape)}")
+    gates = []
+    for name in ("igate", "fgate"):
+        g = named[name]
+        if g.dim() == 4 and g.shape[-1] == 1:  # the official (B, H, T, 1) layout
+            g = g[..., 0]
+        if tuple(g.shape) != (B, H, T):
+            raise ValueError(f"mlstm: {name} must have shape {(B, H, T)} (or {(B, H, T, 1)}), got {tuple(named[name].shape)}")
+        gates.append(g)
+    if state is not None:
+        if not isinstance(state, (tuple, list)) or len(state) != 3:
+            raise TypeError("mlstm: state must be the (C, n, m) tuple returned with return_state=True")
+        expect = {"C": (B, H, v.shape[3], DH), "n": (B, H, DH), "m": (B, H)}
+        for (name, shape), s in zip(expect.items(), state):
+            if not isinstance(s, torch.Tensor) or tuple(s.shape) != shape:
+                got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+                raise ValueError(f"mlstm: state {name} must have shape {shape}, got {got}")
+    return gates
+
+
+def bench_cases(long: bool) -> list[dict]:
+    """Benchmark cases for `hearscan bench kernels`: AxLSTM's real shapes and long T.
+
+    AxLSTM runs 4 heads of 2D/4 dims on 251-token chunks (250 patches + CLS); FLOPs count the linear
+    (recurrent) form, 4 * DH^2 per head-token (C update and C q, one multiply-add = 2 FLOP), so they do
+    not depend on the algorithm.
+    """
+    shapes = [(8, 4, 251, 96, "AxLSTM-tiny"), (8, 4, 251, 192, "AxLSTM-small"),
+              (8, 4, 251, 384, "AxLSTM-base")]
+    if long:
+        shapes += [(1, 4, 4096, 192, "long T"), (1, 4, 16384, 192, "long T")]
+    cases = []
+    for batch, heads, length, dh, label in shapes:
+        cases.append({
+            "name": f"mlstm {label}",
+            "shape": f"B={batch} H={heads} T={length} DH={dh}",
+            "make_inputs": _bench_inputs(batch, heads, length, dh),
+            "flops": 4 * dh * dh * heads * length * batch,
+            "tokens": length * batch,
+        })
+    return cases
+
+
+def _bench_inputs(batch, heads, length, dh):
+    def make(dtype):
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(batch, heads, length, dh, generator=g).to(dtype) for _ in range(3))
+        return {
+            "q": q, "k": k, "v": v,
+            "igate": torch.randn(batch, heads, length, generator=g),
+            "fgate": torch.randn(batch, heads, length, generator=g) + 3,
+        }
+
+    return make
