@@ -9,7 +9,8 @@ with optional keys
 Operators whose file defines no `bench_cases` yet are skipped with a note.
 
 Printed per case: compiled ms, reference ms, speed-up, tokens/s, GFLOP/s and the fraction of this CPU's
-float32 peak, and the compiled time on 1 thread against N threads.  The peak is an estimate:
+float32 peak, the compiled time on 1 thread against N threads, and GFLOP/s per core measured in process
+CPU time on 1 thread (what the kernel does with a core, even while other jobs share the machine).  The peak is an estimate:
 cores x clock (from /proc/cpuinfo, "cpu MHz", i.e. no turbo) x SIMD lanes (16 with avx512f, 8 with
 avx2, else 4) x 2 FLOP per FMA x 2 FMA units per core (assumed; true of server AVX-512 cores).
 Shared machines are noisy: compare ratios measured in the same run, not absolute times across runs.
@@ -79,16 +80,17 @@ def cpu_info() -> dict:
 
 # ---------------------------------------------------------------------------------------------- timing
 
-def _time_call(fn, min_time: float, max_reps: int = 50) -> float:
-    """Median seconds per call over repeated calls (after one warm-up), at least 3 calls."""
+def _time_call(fn, min_time: float, max_reps: int = 50) -> tuple[float, float]:
+    """Median wall and process-CPU seconds per call (after one warm-up), over at least 3 calls."""
     fn()
-    times = []
+    walls, cpus = [], []
     start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_reps):
-        t0 = time.perf_counter()
+    while len(walls) < 3 or (time.perf_counter() - start < min_time and len(walls) < max_reps):
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def _time_once(fn) -> float:
@@ -115,12 +117,12 @@ def bench_op(op: str, long: bool, dtype, threads: int, min_time: float, info: di
         kwargs = case["make_inputs"](dtype)
         log(f"  {op} {case['name']} {case['shape']} ...")
         torch.set_num_threads(threads)
-        compiled = _time_call(lambda: fn(**kwargs, backend="compiled"), min_time)
-        one_thread = None
-        if threads > 1:
-            torch.set_num_threads(1)
-            one_thread = _time_call(lambda: fn(**kwargs, backend="compiled"), min_time)
-            torch.set_num_threads(threads)
+        compiled, _ = _time_call(lambda: fn(**kwargs, backend="compiled"), min_time)
+        # One thread: its process CPU time measures the kernel's own speed even when other jobs share
+        # the cores (with more threads, idle OpenMP workers spinning would inflate the CPU time).
+        torch.set_num_threads(1)
+        one_thread, one_thread_cpu = _time_call(lambda: fn(**kwargs, backend="compiled"), min_time)
+        torch.set_num_threads(threads)
         reference = None
         if case.get("reference", True):
             # the reference loop is slow: best of two single calls
@@ -137,8 +139,9 @@ def bench_op(op: str, long: bool, dtype, threads: int, min_time: float, info: di
             "ns_per_token": compiled / case["tokens"] * 1e9,
             "gflops": gflops,
             "fraction_of_peak": gflops / (info["fp32_peak_gflops_per_core"] * min(threads, info["cores"])),
-            "compiled_1thread_ms": None if one_thread is None else one_thread * 1e3,
-            "thread_scaling": None if one_thread is None else one_thread / compiled,
+            "compiled_1thread_ms": one_thread * 1e3,
+            "thread_scaling": one_thread / compiled,
+            "core_gflops_cpu_time": case["flops"] / one_thread_cpu / 1e9 if one_thread_cpu > 0 else None,
         })
     return {"op": op, "cases": rows}
 
@@ -158,6 +161,7 @@ COLUMNS = [  # (title, width, key, format, suffix)
     ("% peak", 8, "fraction_of_peak", ".1%", ""),
     ("1-thr ms", 10, "compiled_1thread_ms", ".3f", ""),
     ("thr x", 7, "thread_scaling", ".2f", "x"),
+    ("core GF/s", 10, "core_gflops_cpu_time", ".1f", ""),
 ]
 
 
@@ -178,8 +182,9 @@ def print_table(results: list[dict], info: dict, threads: int, dtype_name: str) 
         line = _scaling_line(res)
         if line:
             print(f"{'':<15}T-scaling, compiled ns per token: {line}")
-    print("speed-up = reference ms / compiled ms; thr x = 1-thread ms / compiled ms; % peak of the threads used. "
-          "Compare ratios from one run, not absolute times across runs.")
+    print("speed-up = reference ms / compiled ms; % peak: GFLOP/s over the peak of the threads used; "
+          "thr x = 1-thread ms / compiled ms;\ncore GF/s = FLOP per 1-thread process-CPU second (robust to other "
+          "jobs on the machine). Compare ratios from one run, not absolute times across runs.")
 
 
 def _scaling_line(res: dict) -> str:
