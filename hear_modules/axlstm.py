@@ -38,7 +38,9 @@ QKV_BLOCK = 4  # block-diagonal q/k/v projections of 4x4 blocks
 CONV_KERNEL = 4
 SCAN_BACKENDS = ("auto", "compiled", "reference")
 
-BENCH_CONFIGS = [{"size": "tiny"}, {"size": "small"}, {"size": "base"}]
+# official 2-s chunks at each size, plus the whole clip as one sequence (chunk_frames="whole"), which is
+# where the mLSTM scan stays linear in clip length and attention does not
+BENCH_CONFIGS = [{"size": "tiny"}, {"size": "small"}, {"size": "base"}, {"size": "tiny", "chunk_frames": "whole"}]
 
 
 class HeadwiseLinear(nn.Module):

@@ -23,7 +23,9 @@ from hearscan.errors import CheckpointError
 
 HEAD_DIM = 64  # official configs: tiny 3, small 6, base 12 heads = D / 64
 
-BENCH_CONFIGS = [{"size": "tiny"}, {"size": "small"}, {"size": "base"}]
+# official 2-s chunks at each size, plus the whole clip as one sequence (chunk_frames="whole"), which is
+# where the mLSTM scan stays linear in clip length and attention does not
+BENCH_CONFIGS = [{"size": "tiny"}, {"size": "small"}, {"size": "base"}, {"size": "tiny", "chunk_frames": "whole"}]
 
 
 class Attention(nn.Module):
