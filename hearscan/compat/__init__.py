@@ -16,6 +16,8 @@ these fixes in that process only (see `hearscan.compat.fixes`), then hands over 
                 (`fit_loop.epoch_progress.current.completed`) is set to the best epoch first.
 - pynvml:       on CUDA machines `gpu_max_mem.device_name` calls `.decode()` on the str recent pynvml
                 returns; only bytes are decoded (and without pynvml, torch.cuda measures instead).
+- numpy:        pytorch-lightning 1.9.5 uses `np.Inf` (gone in numpy 2); aliased to np.inf should nothing
+                else (today: torchmetrics) have put it back.
 - logs:         Lightning logs and checkpoints go under a log folder of ours (temporary by default), not
                 ./logs or the embeddings folder; checkpoints are deleted once each task is scored.
 Plus options upstream lacks: a seed for the predictions runner (replacing its fixed 42) and grids

@@ -21,7 +21,7 @@ from pathlib import Path
 STANDIN_DIR = Path(__file__).resolve().parent / "tf_standin"
 
 # Names a caller may disable one by one (the tests do, to show each failure mode still exists upstream).
-FIX_NAMES = ("tf", "weights_only", "epoch", "pynvml", "logs")
+FIX_NAMES = ("tf", "weights_only", "epoch", "pynvml", "logs", "numpy")
 
 # The seed papers' grid (AxLSTM, SSAM): heareval's default grid cut to one hidden layer, lr 1e-4,
 # xavier_normal and dropout {0.1, 0.25}, so exactly two configurations, both trained.
@@ -54,6 +54,18 @@ def install_tf_standin() -> str:
     import tensorflow  # noqa: F401  - fail here, with a clear frame, if the stand-in is broken
 
     return "tensorflow: hearscan stand-in (no real tensorflow installed)"
+
+
+# ------------------------------------------------------------------------------------------ numpy
+def numpy_inf_alias() -> str:
+    """pytorch-lightning 1.9.5's EarlyStopping and ModelCheckpoint use `np.Inf`, removed in numpy 2.
+    torchmetrics happens to put it back when imported; do not depend on that."""
+    import numpy as np
+
+    if hasattr(np, "Inf"):
+        return "numpy: np.Inf present"
+    np.Inf = np.inf
+    return "numpy: np.Inf aliased to np.inf for pytorch-lightning 1.9"
 
 
 # ----------------------------------------------------------------------------------- weights_only

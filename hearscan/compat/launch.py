@@ -62,6 +62,8 @@ def apply_fixes(args: argparse.Namespace) -> None:
         note(fixes.patch_gpu_max_mem())
     if args.tool != "predictions":
         return
+    if "numpy" not in args.disable:
+        note(fixes.numpy_inf_alias())
     if "weights_only" not in args.disable:
         note(fixes.allow_lightning_checkpoints())
     if "epoch" not in args.disable:
