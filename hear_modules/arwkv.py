@@ -442,6 +442,8 @@ def load_model(model_file_path: str = "", **options) -> AudioRWKV:
     options = _check_options(dict(options))
     backend = options.get("scan_backend") or "auto"
     device = options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserFacingError(f"hear_modules.arwkv: device={device!r} but no CUDA device is available; use device='cpu'")
     dtype = _DTYPES[options.get("dtype") or "float32"]
     if model_file_path:
         if "size" in options:

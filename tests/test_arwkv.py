@@ -263,3 +263,19 @@ def test_hear_validator_passes(with_checkpoint):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_cuda_requested_without_cuda_is_a_clear_error():
+    with pytest.raises(UserFacingError, match="no CUDA device"):
+        arwkv.load_model(str(CHECKPOINT), device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype,tol", [("float32", ATOL), ("bfloat16", 0.15)])
+def test_cuda_matches_official(audio, expected, dtype, tol):
+    model = arwkv.load_model(str(CHECKPOINT), device="cuda", dtype=dtype)
+    for i, n in enumerate(LENGTHS):
+        emb = arwkv.get_scene_embeddings(audio[i:i + 1, :n].cuda(), model)
+        assert emb.dtype == torch.float32
+        assert (emb[0].cpu() - expected["embedding"][i]).abs().max() <= tol

@@ -202,3 +202,12 @@ def test_hear_validator_passes(tmp_path, with_checkpoint):
         cmd += ["--model", str(tmp_path / "con.pth")]
     out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    audio = torch.randn(2, 16000, generator=torch.Generator().manual_seed(3)) * 0.1
+    cpu = _small_model()
+    gpu = _small_model().cuda()
+    torch.testing.assert_close(conrwkv.get_scene_embeddings(audio.cuda(), gpu).cpu(),
+                               conrwkv.get_scene_embeddings(audio, cpu), atol=1e-3, rtol=1e-3)
