@@ -301,6 +301,34 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "tasks folder" in capsys.readouterr().err
 
 
+BROKEN_MODULE = """
+import torch
+class Model(torch.nn.Module):
+    sample_rate = 16000
+    scene_embedding_size = 8
+    timestamp_embedding_size = 8
+def load_model(model_file_path=""):
+    return Model()
+def get_timestamp_embeddings(audio, model):
+    n = audio.shape[1] // 1600
+    ts = torch.arange(n, dtype=torch.float32)[None].expand(audio.shape[0], n) * 100.0
+    return torch.zeros(audio.shape[0], n, 7), ts   # 7 != timestamp_embedding_size
+def get_scene_embeddings(audio, model):
+    return torch.zeros(audio.shape[0], 8)
+"""
+
+
+def test_validator_rejects_a_broken_module_from_the_callers_folder(tmp_path, monkeypatch):
+    from hearscan.compat import HearToolError, run_validator
+
+    (tmp_path / "broken_hear_module.py").write_text(BROKEN_MODULE)
+    monkeypatch.chdir(tmp_path)  # importable from here, as `python -m` would make it
+    with pytest.raises(HearToolError) as err:
+        run_validator("broken_hear_module", verbose=False)
+    assert "Output embedding size is 7" in err.value.tail
+    assert {p.name for p in tmp_path.iterdir()} <= {"broken_hear_module.py", "__pycache__"}  # nothing written here
+
+
 def test_launcher_rejects_unknown_fix_names():
     out = subprocess.run([PY, "-m", "hearscan.compat.launch", "validator", "--disable", "everything"],
                          capture_output=True, text=True, timeout=120)

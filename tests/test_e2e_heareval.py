@@ -171,14 +171,20 @@ def test_upstream_weights_only_failure_without_allowlist(workdir, embeddings):
     assert "Weights only load failed" in err.value.tail
 
 
-def test_fork_grid_with_seed(workdir, embeddings):
+def test_fork_grid_with_seed_from_the_command_line(workdir, embeddings, capsys):
+    from hearscan.cli import main
+
     scene = next(p for p in embeddings.task_dirs if p.name.startswith("tiny_scene"))
     copy = _fresh_copy(scene, workdir / "fork")
-    [r] = run_predictions([copy], seed=3, grid="fork", grid_overrides={"max_epochs": [4]}, verbose=False)
-    hp = r.scores["hparams"]
+    assert main(["heareval-predict", str(copy), "--seed", "3", "--grid", "fork", "--max-epochs", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "seed 3, grid fork (2 points)" in out and f"{copy.name}  top1_acc = " in out
+    scores = json.loads((copy / "test.predicted-scores.json").read_text())
+    hp = scores["hparams"]
     assert hp["lr"] == 1e-4 and hp["hidden_layers"] == 1 and hp["dropout"] in (0.1, 0.25)
     assert "xavier_normal_" in hp["initialization"] and hp["max_epochs"] == 4
-    assert r.settings["seed"] == 3 and r.settings["grid_points"] == 2
+    settings = json.loads((copy / "prediction-hearscan.json").read_text())
+    assert settings["seed"] == 3 and settings["grid"] == "fork" and settings["grid_points"] == 2
     log = (copy / "prediction.log").read_text()
     assert "Grid point 2 of 2" in log  # both fork configurations trained
-    _check_range("test_top1_acc", r.test_score)
+    _check_range("test_top1_acc", scores["test"]["test_top1_acc"])
