@@ -175,24 +175,28 @@ def _check_inputs(q, k, v, igate, fgate, state):
 
 
 def bench_cases(long: bool) -> list[dict]:
-    """Benchmark cases for `hearscan bench kernels`: AxLSTM's real shapes and long T.
+    """Benchmark cases for `hearscan bench kernels`: AxLSTM's real shapes, and T-scaling at DH = 192.
 
-    AxLSTM runs 4 heads of 2D/4 dims on 251-token chunks (250 patches + CLS); FLOPs count the linear
-    (recurrent) form, 4 * DH^2 per head-token (C update and C q, one multiply-add = 2 FLOP), so they do
-    not depend on the algorithm.
+    AxLSTM runs 4 heads of 2D/4 dims on 251-token chunks (250 patches + CLS), B = 8 clips per batch.
+    FLOPs count the linear (recurrent) form, 4 * DH^2 per head-token (C update and C q; one multiply-add
+    = 2 FLOP), so they do not depend on the algorithm.  The recurrent reference loop is timed at the
+    real shapes only.
     """
-    shapes = [(8, 4, 251, 96, "AxLSTM-tiny"), (8, 4, 251, 192, "AxLSTM-small"),
-              (8, 4, 251, 384, "AxLSTM-base")]
+    shapes = [(8, 4, 251, 96, "AxLSTM-tiny", True, None), (8, 4, 251, 192, "AxLSTM-small", True, None),
+              (8, 4, 251, 384, "AxLSTM-base", True, None),
+              (1, 4, 1024, 192, "T-scaling", False, 1024), (1, 4, 4096, 192, "T-scaling", False, 4096)]
     if long:
-        shapes += [(1, 4, 4096, 192, "long T"), (1, 4, 16384, 192, "long T")]
+        shapes += [(1, 4, 32768, 192, "T-scaling", False, 32768)]
     cases = []
-    for batch, heads, length, dh, label in shapes:
+    for batch, heads, length, dh, label, with_reference, scaling_T in shapes:
         cases.append({
             "name": f"mlstm {label}",
             "shape": f"B={batch} H={heads} T={length} DH={dh}",
             "make_inputs": _bench_inputs(batch, heads, length, dh),
             "flops": 4 * dh * dh * heads * length * batch,
             "tokens": length * batch,
+            "reference": with_reference,
+            "scaling_T": scaling_T,
         })
     return cases
 

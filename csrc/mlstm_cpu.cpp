@@ -81,13 +81,14 @@ struct Problem {
 void mlstm_head(const Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                 const float* ig, const float* fg, at::Tensor& out, at::Tensor& C, at::Tensor& n, float& m) {
   const int64_t T = p.length;
-  const at::Tensor ks = k * (1.0f / std::sqrt(static_cast<float>(p.dqk)));
+  // Keys are scaled by 1/sqrt(DQK); the scale is folded into the gate weights instead of copying k.
+  const float kscale = 1.0f / std::sqrt(static_cast<float>(p.dqk));
   std::vector<float> F, pmax, mrow, sfac;
   bool state_live = p.has_state;  // C, n, m hold earlier tokens (else C = 0, n = 0, m = -inf)
   for (int64_t t0 = 0; t0 < T; t0 += p.chunk) {
     const int64_t L = std::min(p.chunk, T - t0);
     const bool last = t0 + L == T;
-    const at::Tensor Qc = q.narrow(0, t0, L), Kc = ks.narrow(0, t0, L), Vc = v.narrow(0, t0, L);
+    const at::Tensor Qc = q.narrow(0, t0, L), Kc = k.narrow(0, t0, L), Vc = v.narrow(0, t0, L);
     // Cumulative log forget gates inside the chunk, inclusive, accumulated in double like torch.cumsum
     // on the CPU: a float running sum drifts by ~1e-6, which the normaliser can amplify ~100x.
     F.resize(L);
@@ -127,7 +128,7 @@ void mlstm_head(const Problem& p, const at::Tensor& q, const at::Tensor& k, cons
         float rsum = 0.0f;
 #pragma omp simd reduction(+ : rsum)
         for (int64_t s = 0; s <= t; ++s) {
-          row[s] *= exp_fast(Ft - F[s] + it[s] - mt);
+          row[s] *= kscale * exp_fast(Ft - F[s] + it[s] - mt);
           rsum += row[s];
         }
         std::fill(row + t + 1, row + r1, 0.0f);
@@ -147,9 +148,9 @@ void mlstm_head(const Problem& p, const at::Tensor& q, const at::Tensor& k, cons
     // Carry the state past this chunk: m' = m_l; weights g_s = e^(F_l - F_s + i_s - m').
     const float m_new = mrow[L - 1], Fl = F[L - 1];
     std::vector<float> g(L);
-    for (int64_t s = 0; s < L; ++s) g[s] = exp_fast(Fl - F[s] + it[s] - m_new);
+    for (int64_t s = 0; s < L; ++s) g[s] = kscale * exp_fast(Fl - F[s] + it[s] - m_new);
     const at::Tensor gt = at::from_blob(g.data(), {L, 1}, q.options());
-    const at::Tensor Kg = Kc * gt;  // (L, DQK)
+    const at::Tensor Kg = Kc * gt;  // (L, DQK): scaled keys times their weights
     const float decay = state_live ? exp_fast(m + Fl - m_new) : 0.0f;
     C.mul_(decay).addmm_(Vc.t(), Kg);        // C' = decay C + V^T diag(g) K
     n.mul_(decay).add_(Kg.sum(0));           // n' = decay n + K^T g

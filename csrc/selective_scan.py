@@ -142,22 +142,27 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, state):
 
 
 def bench_cases(long: bool) -> list[dict]:
-    """Benchmark cases for `hearscan bench kernels`: AuM's real shapes (513 tokens, B = 2) and long T.
+    """Benchmark cases for `hearscan bench kernels`: AuM's real shapes, and T-scaling at d_inner = 768.
 
-    FLOPs follow anchors.md: 6 * d_inner * d_state per token (exp counted as one).
+    AuM: d_inner = 2 D = 384 / 768 / 1536 (tiny / small / base), d_state 16, 513 tokens, B = 2; the
+    small case uses T = 512, the shape of the ggml anchor (anchors.md).  FLOPs follow anchors.md:
+    6 * d_inner * d_state per token.  The reference loop is timed at the real shapes only.
     """
-    shapes = [(2, 384, 513, "AuM-tiny"), (2, 768, 512, "ggml anchor shape"), (2, 768, 513, "AuM-small"),
-              (2, 1536, 513, "AuM-base")]
+    shapes = [(2, 384, 513, "AuM-tiny", True, None), (2, 768, 512, "AuM-small/ggml", True, 512),
+              (2, 1536, 513, "AuM-base", True, None),
+              (2, 768, 2048, "T-scaling", False, 2048), (2, 768, 8192, "T-scaling", False, 8192)]
     if long:
-        shapes += [(1, 768, 4096, "long T"), (1, 768, 16384, "long T")]
+        shapes += [(1, 768, 32768, "T-scaling", False, 32768)]
     cases = []
-    for batch, dim, length, label in shapes:
+    for batch, dim, length, label, with_reference, scaling_T in shapes:
         cases.append({
             "name": f"selective_scan {label}",
-            "shape": f"B={batch} d_inner={dim} d_state=16 L={length}",
+            "shape": f"B={batch} D={dim} N=16 L={length}",
             "make_inputs": _bench_inputs(batch, dim, 16, length),
             "flops": 6 * dim * 16 * length * batch,
             "tokens": length * batch,
+            "reference": with_reference,
+            "scaling_T": scaling_T,
         })
     return cases
 
