@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -76,8 +77,17 @@ def apply_fixes(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args, tool_args = parse(sys.argv[1:] if argv is None else argv)
+    own_log_dir = None
     if args.tool == "predictions" and not args.log_dir:
-        args.log_dir = tempfile.mkdtemp(prefix="hearscan-lightning-")
+        args.log_dir = own_log_dir = tempfile.mkdtemp(prefix="hearscan-lightning-")
+    try:
+        return run_tool(args, tool_args)
+    finally:
+        if own_log_dir:
+            shutil.rmtree(own_log_dir, ignore_errors=True)
+
+
+def run_tool(args: argparse.Namespace, tool_args: list[str]) -> int:
     apply_fixes(args)
 
     if args.tool == "validator":
