@@ -244,7 +244,7 @@ def test_bfloat16_runs_close_to_float32(audio, expected):
     assert model.pos_embed.dtype == torch.bfloat16
     emb = arwkv.get_scene_embeddings(audio[:1], model)
     assert emb.dtype == torch.float32
-    assert (emb[0] - expected["embedding"][0]).abs().max() < 0.15
+    assert (emb[0] - expected["embedding"][0]).abs().max() < 0.05  # measured 8.2e-3 (max |emb| 3.7)
 
 
 def _hearscan_validate_available() -> bool:
@@ -272,7 +272,7 @@ def test_cuda_requested_without_cuda_is_a_clear_error():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("dtype,tol", [("float32", ATOL), ("bfloat16", 0.15)])
+@pytest.mark.parametrize("dtype,tol", [("float32", ATOL), ("bfloat16", 0.05)])
 def test_cuda_matches_official(audio, expected, dtype, tol):
     model = arwkv.load_model(str(CHECKPOINT), device="cuda", dtype=dtype)
     for i, n in enumerate(LENGTHS):
