@@ -9,7 +9,7 @@ drum kit, recording), never by clip, so scores measure generalisation rather tha
     mini_drums     scene multiclass  presplit_kfold  1.0 s  8 drum-hit types from 16 recorded kits (5 folds by kit)
     mini_langid    scene multiclass  trainvaltest    1.0 s  9 languages, human recordings (split by stamp category)
     mini_events    event multilabel  trainvaltest    6.0 s  5 sound classes with onsets/offsets over ambient beds (0-15 dB)
-    mini_scenes    scene multilabel  trainvaltest    4.0 s  which of 5 sound classes a mixture holds (10-25 dB)
+    mini_scenes    scene multilabel  trainvaltest    4.0 s  which of 5 sound classes (1-2 per clip) a mixture holds (10-25 dB)
 
 Determinism: every random draw comes from a generator seeded by the task name, every file listing is sorted,
 the tools run with fixed parameters and no dither (fluidsynth writes float, we quantise in numpy), and
@@ -470,12 +470,12 @@ def _mix_task(out: Path, packages: Packages, scale: float, name: str, event: boo
     for split in TRAINVALTEST_SPLITS:
         for i in range(_scaled(counts[split], scale, 10)):
             # scenes: every label present in some clips and absent in others (mAP/d_prime need both)
-            k = int(rng.integers(1, 4))
+            k = int(rng.integers(1, 4 if event else 3))  # scenes hold 1-2 classes, event scenes 1-3
             labels = sorted(str(l) for l in rng.permutation(SOUND_CLASSES)[:k])
             plan.append((split, i, labels))
     with TaskWriter(out, meta, SOUND_CLASSES) as tw, _bar(len(plan), name) as bar:
         for split, i, labels in plan:
-            x, events = _mixture(split_pools[split], split_beds[split], n, labels, rng, 2.0 if event else 1.5,
+            x, events = _mixture(split_pools[split], split_beds[split], n, labels, rng, 2.0 if event else 2.5,
                                  (0, 15) if event else (10, 25))
             x = peak_normalise(x, rng.uniform(0.3, 0.9))
             tw.add(split, f"{split}_{i:04d}.wav", x, events if event else sorted({e["label"] for e in events}))
