@@ -74,6 +74,7 @@ SIZES = {"tiny": 192, "small": 384, "base": 768}
 TIMESTAMP_HOP_MS = PATCH * FRAME_SHIFT_MS  # 160 ms
 FIRST_TIMESTAMP_MS = (PATCH - 1) * FRAME_SHIFT_MS / 2 + FRAME_LENGTH_MS / 2  # 87.5 ms: centre of patch 0
 WINDOW_BATCH = 16  # windows per backbone call: bounds memory on long clips
+FBANK_BLOCK_FRAMES = 3000  # fbank frames computed at once (30 s): bounds the frontend's memory
 
 BENCH_CONFIGS = [{"size": "tiny"}, {"size": "small"}, {"size": "base"}]
 
@@ -259,8 +260,16 @@ class AudioRWKV(nn.Module):
         """(B, N) 16 kHz float32 -> (B, F, 128) un-normalised log-mel at 32 kHz, all frames of the clip."""
         audio32 = _resample(audio.float())
         n_frames = max(frames_for(audio32.shape[1]), 1)
-        fb, _ = kaldi_fbank(audio32, MODEL_RATE, n_frames, NUM_MELS, low_freq=50, high_freq=14000)
-        return fb
+        win, hop = int(MODEL_RATE * FRAME_LENGTH_MS / 1000), int(MODEL_RATE * FRAME_SHIFT_MS / 1000)
+        # Kaldi frames (snip_edges) depend only on their own 25 ms of samples, so the fbank of a long clip
+        # is computed in blocks of frames: identical values, memory bounded by the block, not the clip.
+        pieces = []
+        for first in range(0, n_frames, FBANK_BLOCK_FRAMES):
+            count = min(FBANK_BLOCK_FRAMES, n_frames - first)
+            chunk = audio32[:, first * hop: (first + count - 1) * hop + win]
+            fb, _ = kaldi_fbank(chunk, MODEL_RATE, count, NUM_MELS, low_freq=50, high_freq=14000)
+            pieces.append(fb)
+        return torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]
 
     @staticmethod
     def normalise(fb: torch.Tensor) -> torch.Tensor:

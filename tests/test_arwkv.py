@@ -280,3 +280,15 @@ def test_cuda_matches_official(audio, expected, dtype, tol):
         emb = arwkv.get_scene_embeddings(audio[i:i + 1, :n].cuda(), model)
         assert emb.dtype == torch.float32
         assert (emb[0].cpu() - expected["embedding"][i]).abs().max() <= tol
+
+
+def test_fbank_in_blocks_equals_whole_clip(model, audio, monkeypatch):
+    """Long clips get their fbank in blocks of frames (bounded memory); the values must not change."""
+    from hear_modules._frontend import kaldi_fbank
+
+    clip = audio[:1, :52800]
+    whole, _ = kaldi_fbank(arwkv._resample(clip), 32000, arwkv.frames_for(2 * 52800), 128, low_freq=50, high_freq=14000)
+    monkeypatch.setattr(arwkv, "FBANK_BLOCK_FRAMES", 100)
+    blocks = model.log_fbank(clip)
+    assert blocks.shape == whole.shape == (1, 328, 128)
+    torch.testing.assert_close(blocks, whole, atol=0, rtol=0)
