@@ -190,7 +190,7 @@ def bench_cases(long: bool) -> list[dict]:
     cases = []
     for batch, heads, length, dh, label, with_reference, scaling_T in shapes:
         cases.append({
-            "name": f"mlstm {label}",
+            "name": label,
             "shape": f"B={batch} H={heads} T={length} DH={dh}",
             "make_inputs": _bench_inputs(batch, heads, length, dh),
             "flops": 4 * dh * dh * heads * length * batch,

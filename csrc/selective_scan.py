@@ -148,7 +148,7 @@ def bench_cases(long: bool) -> list[dict]:
     small case uses T = 512, the shape of the ggml anchor (anchors.md).  FLOPs follow anchors.md:
     6 * d_inner * d_state per token.  The reference loop is timed at the real shapes only.
     """
-    shapes = [(2, 384, 513, "AuM-tiny", True, None), (2, 768, 512, "AuM-small/ggml", True, 512),
+    shapes = [(2, 384, 513, "AuM-tiny", True, None), (2, 768, 512, "AuM-small, ggml shape", True, 512),
               (2, 1536, 513, "AuM-base", True, None),
               (2, 768, 2048, "T-scaling", False, 2048), (2, 768, 8192, "T-scaling", False, 8192)]
     if long:
@@ -156,7 +156,7 @@ def bench_cases(long: bool) -> list[dict]:
     cases = []
     for batch, dim, length, label, with_reference, scaling_T in shapes:
         cases.append({
-            "name": f"selective_scan {label}",
+            "name": label,
             "shape": f"B={batch} D={dim} N=16 L={length}",
             "make_inputs": _bench_inputs(batch, dim, 16, length),
             "flops": 6 * dim * 16 * length * batch,
