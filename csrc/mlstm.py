@@ -131,7 +131,8 @@ def _kernel_for(device, backend, needs_grad=False):
     """The compiled kernel for `device`; None (use the reference) under "auto" when there is none."""
     kernel = None if needs_grad else _KERNELS.get(device.type)
     if kernel is None and (backend or os.environ.get("HEARSCAN_SCAN_BACKEND", "")).lower() == "compiled":
-        why = "is forward-only and an input requires grad" if needs_grad else f"does not exist for {device.type} tensors yet"
+        why = ("is forward-only and an input requires grad" if needs_grad
+               else f"does not exist for {device.type} tensors yet")
         raise ValueError(
             f"mlstm: the compiled kernel {why}; use backend='reference' (or 'auto', which falls back to it)"
         )
@@ -161,7 +162,9 @@ def _check_inputs(q, k, v, igate, fgate, state):
         if g.dim() == 4 and g.shape[-1] == 1:  # the official (B, H, T, 1) layout
             g = g[..., 0]
         if tuple(g.shape) != (B, H, T):
-            raise ValueError(f"mlstm: {name} must have shape {(B, H, T)} (or {(B, H, T, 1)}), got {tuple(named[name].shape)}")
+            raise ValueError(
+                f"mlstm: {name} must have shape {(B, H, T)} (or {(B, H, T, 1)}), got {tuple(named[name].shape)}"
+            )
         gates.append(g)
     if state is not None:
         if not isinstance(state, (tuple, list)) or len(state) != 3:

@@ -54,13 +54,14 @@ def selective_scan(
 
     u, delta and z may be float32 or bfloat16 (any layout: time-flipped views are fine); mixed dtypes
     are computed in float32.  The state is float32.  The compiled kernel is forward-only: when autograd
-    needs a gradient, "auto" uses the (differentiable) reference.  `backend`: "auto" | "compiled" | "reference"
-    (default: $HEARSCAN_SCAN_BACKEND or auto).
+    needs a gradient, "auto" uses the (differentiable) reference.
+    `backend`: "auto" | "compiled" | "reference" (default: $HEARSCAN_SCAN_BACKEND or auto).
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias, state)
     kernel = None
     if resolve_backend(backend, "selective_scan") == "compiled":
-        kernel = _kernel_for(u.device, backend, needs_grad=_needs_grad(u, delta, A, B, C, D, z, delta_bias, state))
+        needs_grad = _needs_grad(u, delta, A, B, C, D, z, delta_bias, state)
+        kernel = _kernel_for(u.device, backend, needs_grad=needs_grad)
     if kernel is None:
         return selective_scan_reference(
             u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
@@ -101,9 +102,11 @@ def _kernel_for(device, backend, needs_grad=False):
     """The compiled kernel for `device`; None (use the reference) under "auto" when there is none."""
     kernel = None if needs_grad else _KERNELS.get(device.type)
     if kernel is None and (backend or os.environ.get("HEARSCAN_SCAN_BACKEND", "")).lower() == "compiled":
-        why = "is forward-only and an input requires grad" if needs_grad else f"does not exist for {device.type} tensors yet"
+        why = ("is forward-only and an input requires grad" if needs_grad
+               else f"does not exist for {device.type} tensors yet")
         raise ValueError(
-            f"selective_scan: the compiled kernel {why}; use backend='reference' (or 'auto', which falls back to it)"
+            f"selective_scan: the compiled kernel {why}; "
+            "use backend='reference' (or 'auto', which falls back to it)"
         )
     return kernel
 
