@@ -4,8 +4,8 @@ per seed on the same embeddings, side by side in one run.
 Both sides are timed as a user runs them, each as a fresh process with its imports: `hearscan probe
 --seeds 0-9` (one process, all seeds batched) and heareval's runner through the compat layer, one process
 per seed (`hearscan probe --protocol heareval` does exactly that).  heareval's runner takes minutes per
-run, so by default it runs k = 2 seeds and its 10-seed time is extrapolated (k/10 of the work; printed
-as such); `--heareval-runs 10` measures all ten.
+run (41 min for one seed of the default task on a loaded 2-core machine), so by default it runs k = 1
+seed and its 10-seed time is extrapolated (x 10/k; printed as such); `--heareval-runs 10` measures all.
 
 Embeddings: `--embeddings DIR` (any heareval-format task directories), else a synthetic scene task with a
 learnable structure (downstream/synthetic.py) sized like a small HEAR task.
@@ -80,8 +80,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("probe", help="10-seed linear probe vs heareval's runner run once per seed")
     p.add_argument("--embeddings", nargs="*", default=None, help="heareval-format task directories (default: synthetic)")
     p.add_argument("--seeds", type=int, default=10, help="seeds to compare (default 10)")
-    p.add_argument("--heareval-runs", type=int, default=2,
-                   help="heareval runs actually measured; the rest is extrapolated (default 2; 10 measures all)")
+    p.add_argument("--heareval-runs", type=int, default=1,
+                   help="heareval runs actually measured; the rest is extrapolated (default 1; 10 measures all)")
     p.add_argument("--grid", choices=["default", "fork"], default="default", help="heareval grid (default: stock)")
     p.add_argument("--grid-points", type=int, default=None, help="heareval grid points (default: 8 stock, 2 fork)")
     p.add_argument("--clips", type=int, default=300, help="synthetic task: clips per split (default 300)")
