@@ -22,7 +22,9 @@ bidirectional schemes, exactly as the official code:
     the flipped in_proj output; `(y_f + flip(y_b)) / 2`.
 The forward and backward scans go to the kernel in one call (batch 2B) when both directions share A
 (Mamba's initialisation gives A_log == A_b_log, so random-init models take this path); trained
-checkpoints have A != A_b and the kernel's single (D, N) A then needs two calls.
+checkpoints have A != A_b and the kernel's single (D, N) A then needs two calls.  On the CPU the two
+forms take about the same time (the copies into the 2B batch cost what the second call saves); one call
+matters where a launch is expensive.
 
 Embeddings:
   * Scene: the class token after norm_f -- what the official `forward(x, return_features=True)` returns
