@@ -260,12 +260,12 @@ def seeds_csv(runs: list[Run]) -> str:
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["protocol", "module", "task", "seed", "metric", "value", "path"])
+    w.writerow(["protocol", "module", "task", "seed", "metric", "value"])
     for r in sorted(runs, key=lambda r: (r.protocol, r.module, r.task, r.seed if r.seed is not None else -1)):
-        w.writerow([r.protocol, r.module, r.task, r.seed, "score", repr(r.score), str(r.path)])
+        w.writerow([r.protocol, r.module, r.task, r.seed, "score", repr(r.score)])
         for name, value in sorted(r.metrics.items()):
             if name != "score":
-                w.writerow([r.protocol, r.module, r.task, r.seed, name, repr(value), str(r.path)])
+                w.writerow([r.protocol, r.module, r.task, r.seed, name, repr(value)])
     return buf.getvalue()
 
 
