@@ -116,6 +116,8 @@ class TaskWriter:
             name = label["label"] if isinstance(label, dict) else label
             if name not in self.vocabulary:
                 raise ValueError(f"{filename}: label {name!r} is not in the vocabulary")
+        if self.metadata["embedding_type"] == "scene" and not labels:
+            raise ValueError(f"{filename}: a scene clip needs at least one label")
         duration = self.metadata.get("sample_duration")
         if duration is not None and len(audio) != round(duration * SAMPLE_RATE):
             raise ValueError(f"{filename}: {len(audio)} samples, the task says {duration} s")

@@ -437,9 +437,13 @@ def _mixture(pools, beds, n: int, labels: list[str], rng: np.random.Generator, m
     events = []
     for label in labels:
         for _ in range(int(rng.integers(1, 3))):
-            ev = _load_event(pools[label][int(rng.integers(len(pools[label])))], rng, max_event_s)
-            if len(ev) < 160:
-                continue
+            for _attempt in range(20):  # a few recordings are near-silent after trimming: draw another
+                ev = _load_event(pools[label][int(rng.integers(len(pools[label])))], rng, max_event_s)
+                if len(ev) >= 160:
+                    break
+            else:
+                raise UserFacingError(f"no usable {label!r} recording found in 20 draws; the package cache may "
+                                      "be damaged: delete it and rebuild")
             ev = ev[: n - 160]
             start = int(rng.integers(0, n - len(ev) + 1))
             gain = 0.05 * 10 ** (rng.uniform(snr_db[0], snr_db[1]) / 20) / (rms(ev) + 1e-12)
