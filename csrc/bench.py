@@ -8,7 +8,7 @@ with optional keys
     "scaling_T": int    the case belongs to the op's T-scaling line (cost per token against T).
 Operators whose file defines no `bench_cases` yet are skipped with a note.
 
-Printed per case: compiled ms, reference ms, speed-up, tokens/s, GFLOP/s and the fraction of this CPU's
+Printed per case: compiled ms, reference ms, speed-up (also as a ratio of 1-thread CPU times), tokens/s, GFLOP/s and the fraction of this CPU's
 float32 peak, the compiled time on 1 thread against N threads, and GFLOP/s per core measured in process
 CPU time on 1 thread (what the kernel does with a core, even while other jobs share the machine).  The peak is an estimate:
 cores x clock (from /proc/cpuinfo, "cpu MHz", i.e. no turbo) x SIMD lanes (16 with avx512f, 8 with
@@ -123,10 +123,16 @@ def bench_op(op: str, long: bool, dtype, threads: int, min_time: float, info: di
         torch.set_num_threads(1)
         one_thread, one_thread_cpu = _time_call(lambda: fn(**kwargs, backend="compiled"), min_time)
         torch.set_num_threads(threads)
-        reference = None
+        reference = reference_cpu = None
         if case.get("reference", True):
-            # the reference loop is slow: best of two single calls
+            # the reference loop is slow: best of two single calls, then one call on 1 thread whose
+            # process CPU time compares with the compiled 1-thread CPU time (robust to other jobs)
             reference = min(_time_once(lambda: fn(**kwargs, backend="reference")) for _ in range(2))
+            torch.set_num_threads(1)
+            c0 = time.process_time()
+            fn(**kwargs, backend="reference")
+            reference_cpu = time.process_time() - c0
+            torch.set_num_threads(threads)
         gflops = case["flops"] / compiled / 1e9
         rows.append({
             "name": case["name"],
@@ -135,6 +141,8 @@ def bench_op(op: str, long: bool, dtype, threads: int, min_time: float, info: di
             "compiled_ms": compiled * 1e3,
             "reference_ms": None if reference is None else reference * 1e3,
             "speedup": None if reference is None else reference / compiled,
+            "speedup_1thread_cpu": (None if reference_cpu is None or one_thread_cpu <= 0
+                                    else reference_cpu / one_thread_cpu),
             "tokens_per_s": case["tokens"] / compiled,
             "ns_per_token": compiled / case["tokens"] * 1e9,
             "gflops": gflops,
@@ -156,6 +164,7 @@ COLUMNS = [  # (title, width, key, format, suffix)
     ("compiled ms", 12, "compiled_ms", ".3f", ""),
     ("ref ms", 10, "reference_ms", ".1f", ""),
     ("speed-up", 10, "speedup", ".1f", "x"),
+    ("cpu s-up", 9, "speedup_1thread_cpu", ".1f", "x"),
     ("tokens/s", 10, "tokens_per_s", ".3g", ""),
     ("GFLOP/s", 9, "gflops", ".1f", ""),
     ("% peak", 8, "fraction_of_peak", ".1%", ""),
@@ -182,7 +191,8 @@ def print_table(results: list[dict], info: dict, threads: int, dtype_name: str) 
         line = _scaling_line(res)
         if line:
             print(f"{'':<15}T-scaling, compiled ns per token: {line}")
-    print("speed-up = reference ms / compiled ms; % peak: GFLOP/s over the peak of the threads used; "
+    print("speed-up = reference ms / compiled ms; cpu s-up = the same ratio in 1-thread process CPU time "
+          "(what a quiet machine would show on 1 thread);\n% peak: GFLOP/s over the peak of the threads used; "
           "thr x = 1-thread ms / compiled ms;\ncore GF/s = FLOP per 1-thread process-CPU second (robust to other "
           "jobs on the machine). Compare ratios from one run, not absolute times across runs.")
 
