@@ -374,10 +374,10 @@ def _langid(out: Path, packages: Packages, scale: float) -> Path:
             speech = trim_silence(read_audio(path))
             start = int(rng.integers(0, max(1, len(speech) - n) + 1)) if len(speech) > n else 0
             x = fit_length(speech[start:start + n], n)
-            # each language was read by few speakers: a random channel (spectral tilt) and noise at 0-15 dB SNR
+            # each language was read by few speakers: a random channel (spectral tilt) and noise at -5-10 dB SNR
             # keep the task about more than recognising a voice's recording set-up
             x = _random_tilt(x, rng)
-            x = x + pink_noise(n, rng) * rms(x) * 10 ** (-rng.uniform(0, 15) / 20)
+            x = x + pink_noise(n, rng) * rms(x) * 10 ** (-rng.uniform(-5, 10) / 20)
             stem = re.sub(r"[^A-Za-z0-9]+", "-", str(path.relative_to(stamps).with_suffix("")))
             tw.add(split, f"{stem}.wav", peak_normalise(x, rng.uniform(0.3, 0.9)), [lang])
             bar.update()
