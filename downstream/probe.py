@@ -20,7 +20,7 @@ Linear-probe protocol, fold by fold (heareval's semantics: `embeddings.data_spli
 2. other splits: train each seed's chosen grid point (heareval also searches on split 0 only);
 3. score test predictions with heareval's score functions; events go through heareval's own
    `get_events_for_all_files` (median filter, minimum duration) with the post-processing chosen on
-   validation.
+   that split's validation fold (heareval also chooses it per split model).
 """
 
 from __future__ import annotations
@@ -162,8 +162,7 @@ def _silence(fn, *args, **kwargs):
 
 
 def probe_linear(task: TaskEmbeddings, seeds: list[int], settings: ProbeSettings = ProbeSettings()) -> dict:
-    """Run the linear protocol for `seeds` on one task.  Returns {seed: (scores_json, probe_json)} and
-    the task's chance level."""
+    """Run the linear protocol for `seeds` on one task.  Returns {seed: (scores_json, probe_json)}."""
     meta = task.metadata
     ptype = task.prediction_type
     scores = metrics.score_functions(meta["evaluation"], task.label_to_idx)
@@ -222,7 +221,8 @@ def probe_linear(task: TaskEmbeddings, seeds: list[int], settings: ProbeSettings
         for s in seeds:
             m = next(m for m in range(models.n_models) if model_seeds[m] == s and model_points[m] == chosen[s])
             if event:
-                pp = chosen_pp[s]
+                # as in heareval, each split's model uses the post-processing chosen on its own validation fold
+                pp = valid_pp[m]
                 events = _silence(scorer.events, test_probs[m], split["test"], pp)[pp]
                 result = metrics.heareval_scores("test", scores, (events, task.target_events(split["test"])))
             else:
@@ -239,6 +239,7 @@ def probe_linear(task: TaskEmbeddings, seeds: list[int], settings: ProbeSettings
                 "train": split["train"], "valid": split["valid"], "test": split["test"],
                 "n_train": int(len(x_tr)), "n_valid": int(len(x_va)), "n_test": int(len(x_te)),
                 "best_step": int(models.best_step[m]), "steps_run": int(models.steps_run),
+                "postprocessing": valid_pp[m],
                 "models_trained_together": int(models.n_models), "fold_wall_s": round(elapsed_min * 60, 3),
             }
         chance[fold] = _chance_score(task, scores, scorer, y_tr, split["test"], x_te.shape[0])
