@@ -43,7 +43,7 @@ Embeddings:
   * Clips shorter than one 25 ms analysis frame (400 samples) are rejected with AudioInputError.
     Silence is valid (the fbank's log floor keeps it finite).
 
-Options of `load_model`: `size` (tiny/small/base, random init only; a checkpoint defines its own width),
+Options of `load_model`: `size` (tiny/small/base, random init only, default tiny; a checkpoint defines its own width),
 `variant` (fobi/bibi, random init only; default: the released pairing, small -> bibi, tiny/base -> fobi),
 `norm` (audioset/vggsound), `device` (cpu/cuda/None = CUDA when available), `dtype` (float32/bfloat16),
 `scan_backend` (auto/compiled/reference).
@@ -424,7 +424,7 @@ def load_model(model_file_path: str = "", **options) -> AudioMamba:
         model = AudioMamba(**config, norm=norm, scan_backend=backend)
         load_strict(model, state_dict, str(model_file_path))
     else:
-        size = _choice(options, "size", tuple(SIZES), "base")
+        size = _choice(options, "size", tuple(SIZES), "tiny")  # like A-RWKV: the smallest, fast to validate
         variant = _choice(options, "variant", VARIANTS, RELEASED_VARIANT[size])
         message = (f"hear_modules.aum: no checkpoint given, using RANDOM weights (AuM {size} {variant}); "
                    "embeddings are meaningless. Pass the path of an official AuM checkpoint.")
