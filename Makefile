@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.hearscan-setup
 APT_STAMP := $(VENV)/.hearscan-apt
-# Debian packages: a C++ compiler for the kernels, libsndfile for soundfile, audio tools for the task suite.
-APT_PACKAGES := g++ ninja-build libsndfile1 sox libsox-fmt-all espeak-ng flite fluidsynth ffmpeg
+# Debian packages: a C++ compiler and ninja for the kernels, libsndfile for soundfile, and the speech and
+# music synthesisers the mini task suite renders with (its recordings come from `apt-get download`).
+APT_PACKAGES := g++ ninja-build libsndfile1 espeak-ng flite fluidsynth
 
 .PHONY: setup demo test test-fast bench clean-venv
 
