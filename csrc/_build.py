@@ -2,10 +2,10 @@
 
 `load(op)` compiles `csrc/<op>_cpu.cpp` into a torch extension once and caches the build under
 `$HEARSCAN_CACHE_DIR` (default `~/.cache/hearscan`)/kernels/<op>-<key>.  The key hashes the source,
-the torch version, the compiler flags and this CPU's instruction-set flags, because `-march=native`
-code from one machine may not run on another that shares the home directory.  A finished build is
-marked with a `.built` file and later processes import that library directly (no compiler, no
-ninja run).  `make setup` pre-builds every kernel (`python -m hearscan.bench build-kernels`).
+the shared headers `csrc/*.h` it may include, the torch version, the compiler flags and this CPU's
+instruction-set flags, because `-march=native` code from one machine may not run on another that
+shares the home directory.  A finished build is marked with a `.built` file and later processes
+import that library directly (no compiler, no ninja run).  `make setup` pre-builds every kernel (`python -m hearscan.bench build-kernels`).
 
 `resolve_backend(backend, op, device=None)` turns the user's choice (argument, else
 `$HEARSCAN_SCAN_BACKEND`, else "auto") into "compiled" or "reference".  "auto" falls back to the
@@ -105,10 +105,15 @@ def sources(op: str) -> list[Path]:
     return sorted(HERE.glob(f"{op}_cpu.cpp"))
 
 
+def headers() -> list[Path]:
+    """The shared headers (`csrc/*.h`) that kernel sources include; each is part of every build key."""
+    return sorted(HERE.glob("*.h"))
+
+
 def build_key(op: str) -> str:
-    """Hash of everything the compiled library depends on."""
+    """Hash of everything the compiled library depends on (its source and every shared header)."""
     h = hashlib.sha256()
-    for src in sources(op):
+    for src in sources(op) + headers():
         h.update(src.name.encode())
         h.update(src.read_bytes())
     h.update(torch.__version__.encode())

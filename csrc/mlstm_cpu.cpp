@@ -35,33 +35,13 @@
 #include <limits>
 #include <vector>
 
+// exp_fast_or_zero: branch-free (the loops calling it vectorise), relative error < 1e-7, and exactly 0
+// for x = -inf, which the causal mask relies on.
+#include "simd.h"
+
 namespace {
 
-// e^x, branch-free so that loops calling it vectorise; relative error < 1e-7 over the whole range.
-// Cody-Waite reduction x = n ln2 + r (ln2 split in two so r stays exact), e^r by its Taylor series to
-// degree 7 (truncation < 5e-9 on |r| <= 0.347), then scaled by 2^n through the exponent bits.  x is
-// clamped to [-87.3, 88.7]: results below ~1e-38 come out as ~1e-38, and x = -inf gives exactly 0
-// (the causal mask relies on it).
-inline float exp_fast(float x) {
-  const bool neg_inf = x == -std::numeric_limits<float>::infinity();
-  x = std::min(std::max(x, -87.3f), 88.7f);
-  // Round x log2(e) to the nearest integer by adding 1.5 * 2^23 (std::floor would stay scalar: GCC
-  // only vectorises it under -fno-trapping-math).
-  const float n = (x * 1.44269504089f + 12582912.0f) - 12582912.0f;
-  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return neg_inf ? 0.0f : p * scale;
-}
+using hearscan::exp_fast_or_zero;
 
 // logsigmoid(x) = min(x, 0) - log1p(e^-|x|), stable for any x (a few values per chunk: libm is fine).
 inline float log_sigmoid(float x) { return std::min(x, 0.0f) - std::log1p(std::exp(-std::fabs(x))); }
@@ -103,7 +83,7 @@ void mlstm_head(const Problem& p, const at::Tensor& q, const at::Tensor& k, cons
     sfac.resize(L);
     for (int64_t t = 0; t < L; ++t) {
       mrow[t] = std::max(state_live ? m + F[t] : kNegInf, F[t] + pmax[t]);
-      sfac[t] = state_live ? exp_fast(m + F[t] - mrow[t]) : 0.0f;
+      sfac[t] = state_live ? exp_fast_or_zero(m + F[t] - mrow[t]) : 0.0f;
     }
     at::Tensor num = out.narrow(0, t0, L);  // (L, DV): numerators, normalised in place below
     at::Tensor den = at::zeros({L}, q.options());
@@ -128,7 +108,7 @@ void mlstm_head(const Problem& p, const at::Tensor& q, const at::Tensor& k, cons
         float rsum = 0.0f;
 #pragma omp simd reduction(+ : rsum)
         for (int64_t s = 0; s <= t; ++s) {
-          row[s] *= kscale * exp_fast(Ft - F[s] + it[s] - mt);
+          row[s] *= kscale * exp_fast_or_zero(Ft - F[s] + it[s] - mt);
           rsum += row[s];
         }
         std::fill(row + t + 1, row + r1, 0.0f);
@@ -148,10 +128,10 @@ void mlstm_head(const Problem& p, const at::Tensor& q, const at::Tensor& k, cons
     // Carry the state past this chunk: m' = m_l; weights g_s = e^(F_l - F_s + i_s - m').
     const float m_new = mrow[L - 1], Fl = F[L - 1];
     std::vector<float> g(L);
-    for (int64_t s = 0; s < L; ++s) g[s] = kscale * exp_fast(Fl - F[s] + it[s] - m_new);
+    for (int64_t s = 0; s < L; ++s) g[s] = kscale * exp_fast_or_zero(Fl - F[s] + it[s] - m_new);
     const at::Tensor gt = at::from_blob(g.data(), {L, 1}, q.options());
     const at::Tensor Kg = Kc * gt;  // (L, DQK): scaled keys times their weights
-    const float decay = state_live ? exp_fast(m + Fl - m_new) : 0.0f;
+    const float decay = state_live ? exp_fast_or_zero(m + Fl - m_new) : 0.0f;
     C.mul_(decay).addmm_(Vc.t(), Kg);        // C' = decay C + V^T diag(g) K
     n.mul_(decay).add_(Kg.sum(0));           // n' = decay n + K^T g
     m = m_new;

@@ -26,59 +26,31 @@
 #include <cstring>
 #include <vector>
 
+#include "simd.h"  // vec16, splat16/load16, exp_fast
+
 namespace {
+
+using namespace hearscan;
 
 constexpr int64_t CB = 16;  // channels per task (vector width)
 constexpr int64_t TS = 64;  // time steps per tile segment: tiles stay in L1
 
-// e^x, branch-free so that loops calling it vectorise; relative error < 1e-7 over the whole range.
-// Cody-Waite reduction x = n ln2 + r (ln2 split in two so r stays exact), e^r by its Taylor series to
-// degree 7 (truncation < 5e-9 on |r| <= 0.347), then scaled by 2^n through the exponent bits.  x is
-// clamped to [-87.3, 88.7]: results below ~1e-38 come out as ~1e-38 instead of underflowing to 0.
-inline float exp_fast(float x) {
-  x = std::min(std::max(x, -87.3f), 88.7f);
-  // Round x log2(e) to the nearest integer by adding 1.5 * 2^23 (std::floor would stay scalar: GCC
-  // only vectorises it under -fno-trapping-math).
-  const float n = (x * 1.44269504089f + 12582912.0f) - 12582912.0f;
-  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-
-// The scan step works on CB = 16 channels at once in GCC/Clang vector types: one AVX-512 register
-// (two AVX2 ones), so the code generation does not depend on the auto-vectoriser's mood.
-typedef float f32xCB __attribute__((vector_size(CB * sizeof(float))));
-typedef int32_t i32xCB __attribute__((vector_size(CB * sizeof(int32_t))));
-
-inline f32xCB splat(float v) { return f32xCB{} + v; }
-
-inline f32xCB load(const float* p) {
-  f32xCB v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
+// The scan step works on CB = 16 channels at once in GCC/Clang vector types (vec16 from csrc/simd.h):
+// one AVX-512 register (two AVX2 ones), so the code generation does not depend on the auto-vectoriser's
+// mood.  The scalar exp_fast (csrc/simd.h, clamped: -inf gives ~1e-38) serves softplus and silu.
+static_assert(CB == 16, "one task is one vec16 of channels");
 
 // 2^x on CB lanes, for the decays exp(dt A) = 2^(dt A log2 e) as in mamba's CUDA kernel.  Same scheme as
 // exp_fast in base 2 (one operation fewer), with 2^n applied by adding n to the exponent bits of p.
 // Rounding dt A log2(e) costs a relative error ~|x| 6e-8, but for x <= 0 the absolute error of 2^x
 // stays below 3e-8.  Clamping to [-126, 127] keeps the exponent addition valid (results below ~1e-38
 // come out as ~1e-38 or a denormal of that size).
-inline f32xCB exp2_vec(f32xCB x) {
-  x = x < splat(-126.0f) ? splat(-126.0f) : x;
-  x = x > splat(127.0f) ? splat(127.0f) : x;
-  const f32xCB shifted = x + 12582912.0f;   // 1.5 * 2^23: n = round(x) sits in the low mantissa bits
-  const f32xCB f = x - (shifted - 12582912.0f);  // in [-0.5, 0.5]
-  f32xCB p = splat(1.5252734e-5f);          // Taylor series of 2^f = e^(f ln2) to degree 7
+inline vec16 exp2_vec(vec16 x) {
+  x = x < splat16(-126.0f) ? splat16(-126.0f) : x;
+  x = x > splat16(127.0f) ? splat16(127.0f) : x;
+  const vec16 shifted = x + 12582912.0f;   // 1.5 * 2^23: n = round(x) sits in the low mantissa bits
+  const vec16 f = x - (shifted - 12582912.0f);  // in [-0.5, 0.5]
+  vec16 p = splat16(1.5252734e-5f);          // Taylor series of 2^f = e^(f ln2) to degree 7
   p = p * f + 1.5403530e-4f;
   p = p * f + 1.3333558e-3f;
   p = p * f + 9.6181291e-3f;
@@ -86,9 +58,9 @@ inline f32xCB exp2_vec(f32xCB x) {
   p = p * f + 2.4022651e-1f;
   p = p * f + 6.9314718e-1f;
   p = p * f + 1.0f;
-  const i32xCB n_bits = reinterpret_cast<const i32xCB&>(shifted) << 23;  // n << 23 (mod 2^32)
-  const i32xCB r = reinterpret_cast<const i32xCB&>(p) + n_bits;
-  return reinterpret_cast<const f32xCB&>(r);
+  const ivec16 n_bits = reinterpret_cast<const ivec16&>(shifted) << 23;  // n << 23 (mod 2^32)
+  const ivec16 r = reinterpret_cast<const ivec16&>(p) + n_bits;
+  return reinterpret_cast<const vec16&>(r);
 }
 
 // log(1 + y) for y in [0, 1] as 2 atanh(s), s = y / (2 + y) <= 1/3: the odd series to s^15 is
@@ -133,7 +105,7 @@ template <typename scalar_t>
 void scan_block(const Problem& p, const scalar_t* u, const scalar_t* delta, const scalar_t* z,
                 scalar_t* out, int64_t b, int64_t c0, int64_t cb) {
   const int64_t L = p.length, N = p.dstate;
-  std::vector<f32xCB> A(N, splat(0.0f)), h(N, splat(0.0f));  // A log2(e) and state; lane c = channel c0 + c
+  std::vector<vec16> A(N, splat16(0.0f)), h(N, splat16(0.0f));  // A log2(e) and state; lane c = channel c0 + c
   alignas(64) float dt[TS][CB], du[TS][CB];  // (time, channel) tiles of the segment
   alignas(64) float y[CB][TS];               // (channel, time): the epilogue reads it along time
   alignas(64) float scratch_dt[CB][TS] = {}, scratch_du[CB][TS] = {};
@@ -176,8 +148,8 @@ void scan_block(const Problem& p, const scalar_t* u, const scalar_t* delta, cons
     const float* Bs = p.Bt + (b * L + t0) * N;
     const float* Cs = p.Ct + (b * L + t0) * N;
     for (int64_t t = 0; t < ts; ++t) {
-      const f32xCB dtv = load(dt[t]), duv = load(du[t]);
-      f32xCB acc = splat(0.0f);
+      const vec16 dtv = load16(dt[t]), duv = load16(du[t]);
+      vec16 acc = splat16(0.0f);
       for (int64_t n = 0; n < N; ++n) {
         h[n] = exp2_vec(dtv * A[n]) * h[n] + duv * Bs[t * N + n];
         acc += h[n] * Cs[t * N + n];

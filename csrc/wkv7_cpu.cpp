@@ -14,68 +14,25 @@
 // - Common head sizes (16, 32, 64, 128) are compiled with N known at compile time, so the i loop is
 //   fully unrolled and sa, y, v stay in registers; other sizes take a plain scalar-loop path.
 // - Inputs are float32 or bfloat16 and are converted to float32 when a token's rows are loaded; the
-//   output is written in the input dtype.  The decay exp(-exp(w)) uses a vectorisable exp (below)
+//   output is written in the input dtype.  The decay exp(-exp(w)) uses a vectorisable exp (csrc/simd.h)
 //   because a libm call per element would cost more than the state update itself.
 
 // Narrow includes instead of <torch/extension.h>: the build takes half the time.
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
+
+#include "simd.h"        // vec16, load16/store16, to_float/from_float, exp16
+#include "wkv_common.h"  // transposed state load/store, head-size dispatch, input checks
 
 namespace {
 
-typedef float vec16 __attribute__((vector_size(64)));
-typedef int32_t ivec16 __attribute__((vector_size(64)));
-
-constexpr int64_t kMaxHeadSize = 1024;
-
-// exp(x) for 16 floats: Cody-Waite range reduction x = n ln2 + r, |r| <= ln2/2, then the Cephes
-// degree-7 polynomial for e^r (about 1 ulp), scaled by 2^n built from the exponent bits.
-inline vec16 exp16(vec16 x) {
-  const vec16 hi = vec16{} + 88.3762626647949f, lo = vec16{} - 87.3365447504019f;
-  x = x > hi ? hi : x;
-  x = x < lo ? lo : x;
-  // round(x / ln2) with the 1.5 * 2^23 trick (exact for |x / ln2| < 2^22)
-  vec16 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  vec16 r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  vec16 p = vec16{} + 1.9875691500E-4f;
-  p = p * r + 1.3981999507E-3f;
-  p = p * r + 8.3334519073E-3f;
-  p = p * r + 4.1665795894E-2f;
-  p = p * r + 1.6666665459E-1f;
-  p = p * r + 5.0000001201E-1f;
-  p = p * r * r + r + 1.0f;
-  ivec16 e = (__builtin_convertvector(n, ivec16) + 127) << 23;
-  vec16 scale;
-  std::memcpy(&scale, &e, sizeof(scale));
-  return p * scale;
-}
-
-inline vec16 load16(const float* p) {
-  vec16 x;
-  std::memcpy(&x, p, sizeof(x));
-  return x;
-}
-
-inline void store16(float* p, vec16 x) { std::memcpy(p, &x, sizeof(x)); }
-
-template <typename scalar_t>
-inline void to_float(const scalar_t* src, float* dst, int n) {
-  for (int i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
-}
-
-template <typename scalar_t>
-inline void from_float(const float* src, scalar_t* dst, int n) {
-  for (int i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
-}
+using namespace hearscan;
+using namespace hearscan::wkv;
 
 struct Problem {
   int64_t B, T, H, N;
@@ -92,10 +49,7 @@ void wkv7_head_fixed(const Problem& p, int64_t bi, int64_t hi) {
   // St[j * NV + iv] holds S[16 iv .. 16 iv + 15][j]: key column j, 16 value rows.
   std::vector<vec16> St_buf(N * NV);
   vec16* St = St_buf.data();
-  const float* s0 = p.state_in ? p.state_in + (bi * p.H + hi) * N * N : nullptr;
-  for (int j = 0; j < N; ++j)
-    for (int iv = 0; iv < NV; ++iv)
-      for (int l = 0; l < 16; ++l) St[j * NV + iv][l] = s0 ? s0[(16 * iv + l) * N + j] : 0.0f;
+  load_state_fixed<NV>(p.state_in ? p.state_in + (bi * p.H + hi) * N * N : nullptr, St);
 
   alignas(64) float r[N], decay[N], k[N], a[N], b[N], v[N], y[N];
   const scalar_t* R = static_cast<const scalar_t*>(p.r);
@@ -134,12 +88,7 @@ void wkv7_head_fixed(const Problem& p, int64_t bi, int64_t hi) {
     from_float(y, Y + off, N);
   }
 
-  if (p.state_out) {
-    float* s1 = p.state_out + (bi * p.H + hi) * N * N;
-    for (int j = 0; j < N; ++j)
-      for (int iv = 0; iv < NV; ++iv)
-        for (int l = 0; l < 16; ++l) s1[(16 * iv + l) * N + j] = St[j * NV + iv][l];
-  }
+  if (p.state_out) store_state_fixed<NV>(St, p.state_out + (bi * p.H + hi) * N * N);
 }
 
 // Any head size: the same algorithm with runtime N and plain loops (the compiler vectorises the i loops).
@@ -149,9 +98,7 @@ void wkv7_head_generic(const Problem& p, int64_t bi, int64_t hi) {
   std::vector<float> St(N * N), buf(8 * N);
   float *r = buf.data(), *decay = r + N, *k = decay + N, *v = k + N, *a = v + N, *b = a + N, *sa = b + N,
         *y = sa + N;
-  const float* s0 = p.state_in ? p.state_in + (bi * p.H + hi) * N * N : nullptr;
-  for (int i = 0; i < N; ++i)
-    for (int j = 0; j < N; ++j) St[j * N + i] = s0 ? s0[i * N + j] : 0.0f;
+  load_state_generic(p.state_in ? p.state_in + (bi * p.H + hi) * N * N : nullptr, St.data(), N);
 
   for (int64_t t = 0; t < p.T; ++t) {
     const int64_t off = ((bi * p.T + t) * p.H + hi) * N;
@@ -175,26 +122,14 @@ void wkv7_head_generic(const Problem& p, int64_t bi, int64_t hi) {
     from_float(y, static_cast<scalar_t*>(p.y) + off, N);
   }
 
-  if (p.state_out) {
-    float* s1 = p.state_out + (bi * p.H + hi) * N * N;
-    for (int i = 0; i < N; ++i)
-      for (int j = 0; j < N; ++j) s1[i * N + j] = St[j * N + i];
-  }
+  if (p.state_out) store_state_generic(St.data(), p.state_out + (bi * p.H + hi) * N * N, N);
 }
 
 template <typename scalar_t>
 void wkv7_run(const Problem& p) {
-  void (*head)(const Problem&, int64_t, int64_t);
-  switch (p.N) {
-    case 16: head = wkv7_head_fixed<scalar_t, 1>; break;
-    case 32: head = wkv7_head_fixed<scalar_t, 2>; break;
-    case 64: head = wkv7_head_fixed<scalar_t, 4>; break;
-    case 128: head = wkv7_head_fixed<scalar_t, 8>; break;
-    default: head = wkv7_head_generic<scalar_t>;
-  }
-  at::parallel_for(0, p.B * p.H, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t bh = begin; bh < end; ++bh) head(p, bh / p.H, bh % p.H);
-  });
+  run_heads<Problem>(p, {wkv7_head_fixed<scalar_t, 1>, wkv7_head_fixed<scalar_t, 2>,
+                         wkv7_head_fixed<scalar_t, 4>, wkv7_head_fixed<scalar_t, 8>,
+                         wkv7_head_generic<scalar_t>});
 }
 
 }  // namespace
@@ -209,30 +144,16 @@ std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor w, at::Tensor k, a
     TORCH_CHECK(x.sizes() == r.sizes(), "wkv7: all inputs must have the shape of r");
     TORCH_CHECK(x.scalar_type() == r.scalar_type(), "wkv7: all inputs must have the dtype of r");
   }
-  for (const auto& x : {r, w, k, v, a, b}) {
-    TORCH_CHECK(x.device().is_cpu() && x.is_contiguous(), "wkv7: inputs must be contiguous CPU tensors");
-  }
-  TORCH_CHECK(r.scalar_type() == at::kFloat || r.scalar_type() == at::kBFloat16,
-              "wkv7: inputs must be float32 or bfloat16");
+  check_inputs("wkv7", r, {r, w, k, v, a, b});
   const int64_t B = r.size(0), T = r.size(1), H = r.size(2), N = r.size(3);
-  TORCH_CHECK(N >= 1 && N <= kMaxHeadSize, "wkv7: head size must be in 1..", kMaxHeadSize);
-
-  at::Tensor s_in;
-  if (state.has_value()) {
-    s_in = state->to(at::kFloat).contiguous();
-    TORCH_CHECK(s_in.dim() == 4 && s_in.size(0) == B && s_in.size(1) == H && s_in.size(2) == N &&
-                    s_in.size(3) == N,
-                "wkv7: state must be (B, H, N, N)");
-  }
+  const at::Tensor s_in = state_in("wkv7", state, r);
   auto y = at::empty_like(r);
-  at::Tensor s_out;
-  if (return_state) s_out = at::empty({B, H, N, N}, r.options().dtype(at::kFloat));
+  const at::Tensor s_out = state_out(return_state, r);
 
   Problem p{B, T, H, N,
             r.data_ptr(), w.data_ptr(), k.data_ptr(), v.data_ptr(), a.data_ptr(), b.data_ptr(),
             y.data_ptr(),
-            s_in.defined() ? s_in.data_ptr<float>() : nullptr,
-            s_out.defined() ? s_out.data_ptr<float>() : nullptr};
+            data_or_null(s_in), data_or_null(s_out)};
   if (r.scalar_type() == at::kFloat)
     wkv7_run<float>(p);
   else

@@ -51,6 +51,26 @@ def test_key_changes_with_source_and_flags(tmp_path, monkeypatch):
     assert torch.__version__ in _build.key_info("wkv7")
 
 
+def test_key_changes_with_a_shared_header(tmp_path, monkeypatch):
+    """Kernels include csrc/*.h: editing a header must give every kernel a new key (a rebuild)."""
+    headers = sorted(_build.HERE.glob("*.h"))
+    assert [h.name for h in headers] == [h.name for h in _build.headers()]
+    assert {"simd.h", "wkv_common.h"} <= {h.name for h in headers}
+    for src in ["wkv7_cpu.cpp", "mlstm_cpu.cpp"] + [h.name for h in headers]:
+        shutil.copy(_build.HERE / src, tmp_path / src)
+    # every header a kernel includes with quotes is one that the key covers
+    for src in _build.HERE.glob("*_cpu.cpp"):
+        for line in src.read_text().splitlines():
+            if line.startswith('#include "'):
+                assert (_build.HERE / line.split('"')[1]) in headers, (src.name, line)
+    monkeypatch.setattr(_build, "HERE", tmp_path)
+    keys = {op: _build.build_key(op) for op in ("wkv7", "mlstm")}
+    with open(tmp_path / "simd.h", "a") as f:
+        f.write("\n// changed\n")
+    for op, key in keys.items():
+        assert _build.build_key(op) != key, op
+
+
 def test_missing_compiler_is_explained(tmp_path, monkeypatch, fresh_build_state):
     monkeypatch.setenv("HEARSCAN_CACHE_DIR", str(tmp_path))  # no cached build to fall back on
     monkeypatch.setenv("CXX", "no-such-compiler-hearscan")

@@ -1,0 +1,99 @@
+// Pieces shared by the WKV-6 and WKV-7 CPU kernels (csrc/wkv6_cpu.cpp, csrc/wkv7_cpu.cpp): both keep
+// the per-head N x N float32 state transposed, split the work over batch x heads, and specialise the
+// head sizes 16/32/64/128.  The reasons for that layout are in csrc/wkv7_cpu.cpp.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+
+#include <cstdint>
+#include <initializer_list>
+
+#include "simd.h"
+
+namespace hearscan {
+namespace wkv {
+
+constexpr int64_t kMaxHeadSize = 1024;
+
+// Head size N = 16 NV known at compile time: St[j * NV + iv] holds S[16 iv .. 16 iv + 15][j] (key
+// column j, 16 value rows).  s0 is the (N, N) state S[i][j] of this head, or nullptr for zeros.
+template <int NV>
+inline void load_state_fixed(const float* s0, vec16* St) {
+  constexpr int N = 16 * NV;
+  for (int j = 0; j < N; ++j)
+    for (int iv = 0; iv < NV; ++iv)
+      for (int l = 0; l < 16; ++l) St[j * NV + iv][l] = s0 ? s0[(16 * iv + l) * N + j] : 0.0f;
+}
+
+template <int NV>
+inline void store_state_fixed(const vec16* St, float* s1) {
+  constexpr int N = 16 * NV;
+  for (int j = 0; j < N; ++j)
+    for (int iv = 0; iv < NV; ++iv)
+      for (int l = 0; l < 16; ++l) s1[(16 * iv + l) * N + j] = St[j * NV + iv][l];
+}
+
+// Any head size: St[j * N + i] = S[i][j].
+inline void load_state_generic(const float* s0, float* St, int N) {
+  for (int i = 0; i < N; ++i)
+    for (int j = 0; j < N; ++j) St[j * N + i] = s0 ? s0[i * N + j] : 0.0f;
+}
+
+inline void store_state_generic(const float* St, float* s1, int N) {
+  for (int i = 0; i < N; ++i)
+    for (int j = 0; j < N; ++j) s1[i * N + j] = St[j * N + i];
+}
+
+template <typename Problem>
+using HeadFn = void (*)(const Problem&, int64_t, int64_t);
+
+// Runs one head function per (batch, head) on torch's thread pool (so torch.set_num_threads applies):
+// heads[0..3] are compiled for N = 16, 32, 64, 128, heads[4] takes any N.
+template <typename Problem>
+void run_heads(const Problem& p, const HeadFn<Problem> (&heads)[5]) {
+  HeadFn<Problem> head;
+  switch (p.N) {
+    case 16: head = heads[0]; break;
+    case 32: head = heads[1]; break;
+    case 64: head = heads[2]; break;
+    case 128: head = heads[3]; break;
+    default: head = heads[4];
+  }
+  at::parallel_for(0, p.B * p.H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) head(p, bh / p.H, bh % p.H);
+  });
+}
+
+// Checks that guard direct callers of a kernel (the Python bindings validate with clear messages
+// first): (B, T, H, N) inputs on the CPU, contiguous, float32 or bfloat16, 1 <= N <= kMaxHeadSize.
+inline void check_inputs(const char* op, const at::Tensor& r, std::initializer_list<at::Tensor> all) {
+  for (const auto& x : all)
+    TORCH_CHECK(x.device().is_cpu() && x.is_contiguous(), op, ": inputs must be contiguous CPU tensors");
+  TORCH_CHECK(r.scalar_type() == at::kFloat || r.scalar_type() == at::kBFloat16,
+              op, ": inputs must be float32 or bfloat16");
+  const int64_t N = r.size(3);
+  TORCH_CHECK(N >= 1 && N <= kMaxHeadSize, op, ": head size must be in 1..", kMaxHeadSize);
+}
+
+// The initial state as contiguous float32 (B, H, N, N), checked; an undefined tensor when absent.
+inline at::Tensor state_in(const char* op, const c10::optional<at::Tensor>& state, const at::Tensor& r) {
+  if (!state.has_value()) return at::Tensor();
+  const int64_t B = r.size(0), H = r.size(2), N = r.size(3);
+  at::Tensor s = state->to(at::kFloat).contiguous();
+  TORCH_CHECK(s.dim() == 4 && s.size(0) == B && s.size(1) == H && s.size(2) == N && s.size(3) == N,
+              op, ": state must be (B, H, N, N)");
+  return s;
+}
+
+// The final state's (B, H, N, N) float32 buffer when it is asked for, else an undefined tensor.
+inline at::Tensor state_out(bool return_state, const at::Tensor& r) {
+  if (!return_state) return at::Tensor();
+  return at::empty({r.size(0), r.size(2), r.size(3), r.size(3)}, r.options().dtype(at::kFloat));
+}
+
+inline float* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+
+}  // namespace wkv
+}  // namespace hearscan
