@@ -13,12 +13,12 @@ State: (C (B, H, DH, DH), n (B, H, DH), m (B, H)), float32.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 
 from csrc._build import load, resolve_backend
+from csrc._checks import KERNEL_DTYPES, bench_case, kernel_for, needs_grad, require_real_tensors
 
 
 def mlstm_parallel_reference(q, k, v, igate, fgate, eps=1e-6):
@@ -81,11 +81,12 @@ def mlstm(q, k, v, igate, fgate, state=None, return_state=False, eps=1e-6, backe
     igate, fgate = _check_inputs(q, k, v, igate, fgate, state)
     kernel = None
     if resolve_backend(backend, "mlstm") == "compiled":
-        kernel = _kernel_for(q.device, backend, needs_grad=_needs_grad(q, k, v, igate, fgate, state))
+        grad = needs_grad(q, k, v, igate, fgate, state)
+        kernel = kernel_for("mlstm", _KERNELS, q.device, backend, needs_grad=grad)
     if kernel is None:
         return mlstm_reference(q, k, v, igate, fgate, state=state, return_state=return_state, eps=eps)
     out_dtype = q.dtype
-    io_dtype = q.dtype if q.dtype in _KERNEL_DTYPES and k.dtype == v.dtype == q.dtype else torch.float32
+    io_dtype = q.dtype if q.dtype in KERNEL_DTYPES and k.dtype == v.dtype == q.dtype else torch.float32
     q, k, v = (x.to(io_dtype).contiguous() for x in (q, k, v))
     igate, fgate = (x.float().contiguous() for x in (igate, fgate))
     C0, n0, m0 = (None, None, None) if state is None else (s.float().contiguous() for s in state)
@@ -109,9 +110,6 @@ def chunk_size(length: int, dqk: int, dv: int) -> int:
     return int(min(max(64, width), 512))
 
 
-_KERNEL_DTYPES = (torch.float32, torch.bfloat16)
-
-
 def _cpu_kernel(*args):
     return load("mlstm").forward(*args)
 
@@ -120,35 +118,10 @@ def _cpu_kernel(*args):
 _KERNELS = {"cpu": _cpu_kernel}
 
 
-def _needs_grad(*tensors):
-    if not torch.is_grad_enabled():
-        return False
-    flat = [t for x in tensors if x is not None for t in (x if isinstance(x, (tuple, list)) else (x,))]
-    return any(t.requires_grad for t in flat)
-
-
-def _kernel_for(device, backend, needs_grad=False):
-    """The compiled kernel for `device`; None (use the reference) under "auto" when there is none."""
-    kernel = None if needs_grad else _KERNELS.get(device.type)
-    if kernel is None and (backend or os.environ.get("HEARSCAN_SCAN_BACKEND", "")).lower() == "compiled":
-        why = ("is forward-only and an input requires grad" if needs_grad
-               else f"does not exist for {device.type} tensors yet")
-        raise ValueError(
-            f"mlstm: the compiled kernel {why}; use backend='reference' (or 'auto', which falls back to it)"
-        )
-    return kernel
-
-
 def _check_inputs(q, k, v, igate, fgate, state):
     """Validate shapes/dtypes (ValueError/TypeError naming the argument); return gates as (B, H, T)."""
     named = {"q": q, "k": k, "v": v, "igate": igate, "fgate": fgate}
-    for name, x in named.items():
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"mlstm: {name} must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"mlstm: {name} must be a real floating tensor, got {x.dtype}")
-        if x.device != q.device:
-            raise ValueError(f"mlstm: {name} is on {x.device} but q is on {q.device}")
+    require_real_tensors("mlstm", named, "q", q)
     if q.dim() != 4:
         raise ValueError(f"mlstm: q must be (batch, heads, time, head_dim), got shape {tuple(q.shape)}")
     B, H, T, DH = q.shape
@@ -192,15 +165,10 @@ def bench_cases(long: bool) -> list[dict]:
         shapes += [(1, 4, 32768, 192, "T-scaling", False, 32768)]
     cases = []
     for batch, heads, length, dh, label, with_reference, scaling_T in shapes:
-        cases.append({
-            "name": label,
-            "shape": f"B={batch} H={heads} T={length} DH={dh}",
-            "make_inputs": _bench_inputs(batch, heads, length, dh),
-            "flops": 4 * dh * dh * heads * length * batch,
-            "tokens": length * batch,
-            "reference": with_reference,
-            "scaling_T": scaling_T,
-        })
+        cases.append(bench_case(label, f"B={batch} H={heads} T={length} DH={dh}",
+                                _bench_inputs(batch, heads, length, dh),
+                                flops=4 * dh * dh * heads * length * batch, tokens=length * batch,
+                                reference=with_reference, scaling_T=scaling_T))
     return cases
 
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-import os
-
 from csrc._build import load, resolve_backend
+from csrc._checks import KERNEL_DTYPES, bench_case, kernel_for, needs_grad, require_real_tensors
 
 
 def selective_scan_reference(
@@ -60,8 +59,8 @@ def selective_scan(
     _check_inputs(u, delta, A, B, C, D, z, delta_bias, state)
     kernel = None
     if resolve_backend(backend, "selective_scan") == "compiled":
-        needs_grad = _needs_grad(u, delta, A, B, C, D, z, delta_bias, state)
-        kernel = _kernel_for(u.device, backend, needs_grad=needs_grad)
+        grad = needs_grad(u, delta, A, B, C, D, z, delta_bias, state)
+        kernel = kernel_for("selective_scan", _KERNELS, u.device, backend, needs_grad=grad)
     if kernel is None:
         return selective_scan_reference(
             u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
@@ -70,7 +69,7 @@ def selective_scan(
     out_dtype = u.dtype
     # The kernel reads u, delta, z in one dtype (float32 or bfloat16) and the small operands as float32;
     # B and C are transposed to (B, L, N) so that one time step's d_state values are contiguous.
-    io_dtype = u.dtype if u.dtype in _KERNEL_DTYPES else torch.float32
+    io_dtype = u.dtype if u.dtype in KERNEL_DTYPES else torch.float32
     if delta.dtype != io_dtype or (z is not None and z.dtype != io_dtype):
         io_dtype = torch.float32
     u, delta = u.to(io_dtype).contiguous(), delta.to(io_dtype).contiguous()
@@ -83,9 +82,6 @@ def selective_scan(
     return (out, last_state) if return_state else out
 
 
-_KERNEL_DTYPES = (torch.float32, torch.bfloat16)
-
-
 def _cpu_kernel(*args):
     return load("selective_scan").forward(*args)
 
@@ -94,36 +90,11 @@ def _cpu_kernel(*args):
 _KERNELS = {"cpu": _cpu_kernel}
 
 
-def _needs_grad(*tensors):
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def _kernel_for(device, backend, needs_grad=False):
-    """The compiled kernel for `device`; None (use the reference) under "auto" when there is none."""
-    kernel = None if needs_grad else _KERNELS.get(device.type)
-    if kernel is None and (backend or os.environ.get("HEARSCAN_SCAN_BACKEND", "")).lower() == "compiled":
-        why = ("is forward-only and an input requires grad" if needs_grad
-               else f"does not exist for {device.type} tensors yet")
-        raise ValueError(
-            f"selective_scan: the compiled kernel {why}; "
-            "use backend='reference' (or 'auto', which falls back to it)"
-        )
-    return kernel
-
-
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias, state):
     """Raise ValueError/TypeError naming the argument, its shape and the expected one."""
     named = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z,
              "delta_bias": delta_bias, "state": state}
-    for name, x in named.items():
-        if x is None:
-            continue
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"selective_scan: {name} must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"selective_scan: {name} must be a real floating tensor, got {x.dtype}")
-        if x.device != u.device:
-            raise ValueError(f"selective_scan: {name} is on {x.device} but u is on {u.device}")
+    require_real_tensors("selective_scan", named, "u", u)
     if u.dim() != 3:
         raise ValueError(f"selective_scan: u must be (batch, channels, length), got shape {tuple(u.shape)}")
     batch, dim, length = u.shape
@@ -158,15 +129,10 @@ def bench_cases(long: bool) -> list[dict]:
         shapes += [(1, 768, 32768, "T-scaling", False, 32768)]
     cases = []
     for batch, dim, length, label, with_reference, scaling_T in shapes:
-        cases.append({
-            "name": label,
-            "shape": f"B={batch} D={dim} N=16 L={length}",
-            "make_inputs": _bench_inputs(batch, dim, 16, length),
-            "flops": 6 * dim * 16 * length * batch,
-            "tokens": length * batch,
-            "reference": with_reference,
-            "scaling_T": scaling_T,
-        })
+        cases.append(bench_case(label, f"B={batch} D={dim} N=16 L={length}",
+                                _bench_inputs(batch, dim, 16, length),
+                                flops=6 * dim * 16 * length * batch, tokens=length * batch,
+                                reference=with_reference, scaling_T=scaling_T))
     return cases
 
 

@@ -9,11 +9,13 @@ decay = exp(-exp(w)); the scale is 1 (as `naive_recurrent_rwkv6(scale=1.0)`).
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
-from csrc._build import load, requested_backend, resolve_backend
+from csrc._build import load
+from csrc._checks import (
+    bench_case, require_device, require_kernel_dtype, require_like, require_tensors,
+    require_wkv_head_and_state, wants_compiled,
+)
 
 MAX_HEAD_SIZE = 1024  # the compiled kernel's limit (kMaxHeadSize in wkv6_cpu.cpp)
 
@@ -37,36 +39,21 @@ def wkv6_reference(r, k, v, w, u, state=None, return_state=False, backend=None):
 
 def _check_inputs(r, k, v, w, u, state):
     """Clear errors for what the kernel cannot take (the reference would fail obscurely or silently)."""
-    names = ("r", "k", "v", "w", "u")
-    tensors = (r, k, v, w, u)
-    for name, x in zip(names, tensors):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"wkv6: {name} must be a torch.Tensor, got {type(x).__name__}")
+    named = {"r": r, "k": k, "v": v, "w": w, "u": u}
+    require_tensors("wkv6", named)
     if r.dim() != 4:
         raise ValueError(f"wkv6: r must be (B, T, H, N), got shape {tuple(r.shape)}")
-    for name, x in zip(names[:4], tensors[:4]):
-        if x.shape != r.shape:
-            raise ValueError(f"wkv6: {name} has shape {tuple(x.shape)}, expected r's shape {tuple(r.shape)}")
-        if x.dtype != r.dtype:
-            raise TypeError(f"wkv6: {name} is {x.dtype} but r is {r.dtype}; pass r, k, v, w in one dtype")
-    for name, x in zip(names, tensors):
-        if x.device != r.device:
-            raise ValueError(f"wkv6: {name} is on {x.device} but r is on {r.device}")
-    if r.dtype not in (torch.float32, torch.bfloat16):
-        raise TypeError(f"wkv6: inputs must be float32 or bfloat16, got {r.dtype}")
-    B, _, H, N = r.shape
+    for name in ("r", "k", "v", "w"):
+        require_like("wkv6", name, named[name], "r", r, dtype_hint="r, k, v, w")
+    for name, x in named.items():
+        require_device("wkv6", name, x, "r", r)
+    require_kernel_dtype("wkv6", r)
+    _, _, H, N = r.shape
     if tuple(u.shape) != (H, N):
         raise ValueError(f"wkv6: u has shape {tuple(u.shape)}, expected (H, N) = {(H, N)}")
     if not u.is_floating_point():
         raise TypeError(f"wkv6: u must be a floating-point tensor, got {u.dtype}")
-    if not 1 <= N <= MAX_HEAD_SIZE:
-        raise ValueError(f"wkv6: head size N={N} is outside 1..{MAX_HEAD_SIZE}")
-    if state is not None and tuple(state.shape) != (B, H, N, N):
-        raise ValueError(f"wkv6: state has shape {tuple(state.shape)}, expected (B, H, N, N) = {(B, H, N, N)}")
-
-
-def _needs_grad(*tensors):
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    require_wkv_head_and_state("wkv6", r, state, MAX_HEAD_SIZE)
 
 
 def wkv6(r, k, v, w, u, state=None, return_state=False, backend=None):
@@ -76,20 +63,7 @@ def wkv6(r, k, v, w, u, state=None, return_state=False, backend=None):
     `backend`: "auto" | "compiled" | "reference" (default: $HEARSCAN_SCAN_BACKEND or auto).
     """
     _check_inputs(r, k, v, w, u, state)
-    if _needs_grad(r, k, v, w, u, state):
-        # the compiled kernel is forward-only; the reference is differentiable
-        if requested_backend(backend) == "compiled":
-            raise ValueError(
-                "wkv6: the compiled kernel is forward-only and an input requires grad; "
-                "use backend='reference' or 'auto' (which falls back to it), or run under torch.no_grad()"
-            )
-        warnings.warn(
-            "wkv6: an input requires grad, so the slow differentiable reference runs instead of the compiled "
-            "kernel; wrap inference in torch.no_grad() or torch.inference_mode()",
-            stacklevel=2,
-        )
-        return wkv6_reference(r, k, v, w, u, state=state, return_state=return_state)
-    if resolve_backend(backend, "wkv6", r.device) == "reference":
+    if not wants_compiled("wkv6", backend, r.device, (r, k, v, w, u, state)):
         return wkv6_reference(r, k, v, w, u, state=state, return_state=return_state)
     # Only CPU kernels exist; resolve_backend sends other devices to the reference (or raises), so a
     # CUDA kernel would be one more branch here on r.device.
@@ -124,15 +98,8 @@ def bench_cases(long: bool) -> list[dict]:
     N = 64
 
     def case(name, B, T, H, reference=True, scaling_T=None):
-        return {
-            "name": name,
-            "shape": f"B={B} T={T} H={H} N={N}",
-            "make_inputs": lambda dtype: _bench_inputs(B, T, H, N, dtype),
-            "flops": 6 * N * N * B * T * H,
-            "tokens": B * T,
-            "reference": reference,
-            "scaling_T": scaling_T,
-        }
+        return bench_case(name, f"B={B} T={T} H={H} N={N}", lambda dtype: _bench_inputs(B, T, H, N, dtype),
+                          flops=6 * N * N * B * T * H, tokens=B * T, reference=reference, scaling_T=scaling_T)
 
     cases = [
         case("ggml anchor C=384", 2, 496, 6),

@@ -12,11 +12,13 @@ scan on the time-flipped sequence for its backward direction.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
-from csrc._build import load, requested_backend, resolve_backend
+from csrc._build import load
+from csrc._checks import (
+    bench_case, require_device, require_kernel_dtype, require_like, require_tensors,
+    require_wkv_head_and_state, wants_compiled,
+)
 
 MAX_HEAD_SIZE = 1024  # the compiled kernel's limit (kMaxHeadSize in wkv7_cpu.cpp)
 
@@ -44,31 +46,15 @@ def wkv7_reference(r, w, k, v, a, b, state=None, return_state=False, backend=Non
 
 def _check_inputs(r, w, k, v, a, b, state):
     """Clear errors for what the kernel cannot take (the reference would fail obscurely or silently)."""
-    names = ("r", "w", "k", "v", "a", "b")
-    tensors = (r, w, k, v, a, b)
-    for name, x in zip(names, tensors):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"wkv7: {name} must be a torch.Tensor, got {type(x).__name__}")
+    named = {"r": r, "w": w, "k": k, "v": v, "a": a, "b": b}
+    require_tensors("wkv7", named)
     if r.dim() != 4:
         raise ValueError(f"wkv7: r must be (B, T, H, N), got shape {tuple(r.shape)}")
-    for name, x in zip(names, tensors):
-        if x.shape != r.shape:
-            raise ValueError(f"wkv7: {name} has shape {tuple(x.shape)}, expected r's shape {tuple(r.shape)}")
-        if x.dtype != r.dtype:
-            raise TypeError(f"wkv7: {name} is {x.dtype} but r is {r.dtype}; pass all inputs in one dtype")
-        if x.device != r.device:
-            raise ValueError(f"wkv7: {name} is on {x.device} but r is on {r.device}")
-    if r.dtype not in (torch.float32, torch.bfloat16):
-        raise TypeError(f"wkv7: inputs must be float32 or bfloat16, got {r.dtype}")
-    B, _, H, N = r.shape
-    if not 1 <= N <= MAX_HEAD_SIZE:
-        raise ValueError(f"wkv7: head size N={N} is outside 1..{MAX_HEAD_SIZE}")
-    if state is not None and tuple(state.shape) != (B, H, N, N):
-        raise ValueError(f"wkv7: state has shape {tuple(state.shape)}, expected (B, H, N, N) = {(B, H, N, N)}")
-
-
-def _needs_grad(*tensors):
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    for name, x in named.items():
+        require_like("wkv7", name, x, "r", r, dtype_hint="all inputs")
+        require_device("wkv7", name, x, "r", r)
+    require_kernel_dtype("wkv7", r)
+    require_wkv_head_and_state("wkv7", r, state, MAX_HEAD_SIZE)
 
 
 def wkv7(r, w, k, v, a, b, state=None, return_state=False, backend=None):
@@ -79,20 +65,7 @@ def wkv7(r, w, k, v, a, b, state=None, return_state=False, backend=None):
     Inputs may be non-contiguous (e.g. time-flipped views); the compiled path copies them.
     """
     _check_inputs(r, w, k, v, a, b, state)
-    if _needs_grad(r, w, k, v, a, b, state):
-        # the compiled kernel is forward-only; the reference is differentiable
-        if requested_backend(backend) == "compiled":
-            raise ValueError(
-                "wkv7: the compiled kernel is forward-only and an input requires grad; "
-                "use backend='reference' or 'auto' (which falls back to it), or run under torch.no_grad()"
-            )
-        warnings.warn(
-            "wkv7: an input requires grad, so the slow differentiable reference runs instead of the compiled "
-            "kernel; wrap inference in torch.no_grad() or torch.inference_mode()",
-            stacklevel=2,
-        )
-        return wkv7_reference(r, w, k, v, a, b, state=state, return_state=return_state)
-    if resolve_backend(backend, "wkv7", r.device) == "reference":
+    if not wants_compiled("wkv7", backend, r.device, (r, w, k, v, a, b, state)):
         return wkv7_reference(r, w, k, v, a, b, state=state, return_state=return_state)
     # Only CPU kernels exist; resolve_backend sends other devices to the reference (or raises), so a
     # CUDA kernel would be one more branch here on r.device.
@@ -127,15 +100,8 @@ def bench_cases(long: bool) -> list[dict]:
     N = 64
 
     def case(name, B, T, H, reference=True, scaling_T=None):
-        return {
-            "name": name,
-            "shape": f"B={B} T={T} H={H} N={N}",
-            "make_inputs": lambda dtype: _bench_inputs(B, T, H, N, dtype),
-            "flops": 8 * N * N * B * T * H,
-            "tokens": B * T,
-            "reference": reference,
-            "scaling_T": scaling_T,
-        }
+        return bench_case(name, f"B={B} T={T} H={H} N={N}", lambda dtype: _bench_inputs(B, T, H, N, dtype),
+                          flops=8 * N * N * B * T * H, tokens=B * T, reference=reference, scaling_T=scaling_T)
 
     cases = [
         case("ggml anchor C=384", 2, 496, 6),
