@@ -17,17 +17,17 @@ import pytest
 import torch
 
 import csrc
-from csrc._build import KernelBuildError, load
+from _kernel_helpers import (
+    assert_bad_input_raises,
+    assert_reference_never_calls_kernel,
+    kernel_marker,
+    run_in_chunks,
+    well_formed_bench_cases,
+)
 
 mlstm_mod = importlib.import_module("csrc.mlstm")  # the package re-exports the function under this name
 
-try:
-    load("mlstm")
-    HAVE_KERNEL = True
-except KernelBuildError:  # no compiler: the tests of the compiled path cannot run
-    HAVE_KERNEL = False
-
-needs_kernel = pytest.mark.skipif(not HAVE_KERNEL, reason="mlstm kernel could not be built")
+HAVE_KERNEL, needs_kernel = kernel_marker("mlstm")
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.bfloat16: dict(rtol=1e-2, atol=1e-2)}
 STATE_TOL = dict(rtol=1e-4, atol=1e-5)
@@ -125,11 +125,10 @@ def test_state_equals_recurrent_reference(chunk_len, chunk):
 def test_chunked_with_carried_state_equals_one_pass(dtype):
     kw = make_inputs(2, 4, 120, 16, dtype=dtype, seed=4)
     full = compiled(kw)
-    outs, state = [], None
-    for lo, hi in [(0, 1), (1, 45), (45, 120)]:
-        part = {k: v[:, :, lo:hi] for k, v in kw.items()}
-        h, state = compiled(part, state=state, return_state=True)
-        outs.append(h)
+    outs, state = run_in_chunks(
+        lambda lo, hi, s: compiled({k: v[:, :, lo:hi] for k, v in kw.items()}, state=s, return_state=True),
+        [(0, 1), (1, 45), (45, 120)],
+    )
     assert_close(torch.cat(outs, dim=2), full, dtype)
 
 
@@ -208,14 +207,8 @@ def test_chunk_size_rule():
 
 
 def test_reference_backend_never_calls_the_kernel(monkeypatch):
-    def boom(*args):
-        raise AssertionError("compiled kernel called")
-
-    monkeypatch.setitem(mlstm_mod._KERNELS, "cpu", boom)
     kw = make_inputs(1, 2, 5, 4)
-    csrc.mlstm(**kw, backend="reference")
-    monkeypatch.setenv("HEARSCAN_SCAN_BACKEND", "reference")
-    csrc.mlstm(**kw)
+    assert_reference_never_calls_kernel(monkeypatch, mlstm_mod, lambda **extra: csrc.mlstm(**kw, **extra))
 
 
 @pytest.mark.parametrize(
@@ -234,20 +227,11 @@ def test_reference_backend_never_calls_the_kernel(monkeypatch):
 )
 @pytest.mark.parametrize("backend", ["compiled", "reference"])
 def test_bad_inputs_give_clear_errors(change, error, match, backend):
-    if backend == "compiled" and not HAVE_KERNEL:
-        pytest.skip("no kernel")
-    kw = make_inputs(2, 3, 7, 4)
-    kw.update(change)
-    with pytest.raises(error, match=match):
-        csrc.mlstm(**kw, backend=backend)
+    assert_bad_input_raises(csrc.mlstm, make_inputs(2, 3, 7, 4), change, error, match, backend, HAVE_KERNEL)
 
 
 def test_bench_cases_are_well_formed():
-    cases = mlstm_mod.bench_cases(long=True)
-    assert len(cases) > len(mlstm_mod.bench_cases(long=False))
-    for case in cases:
-        assert set(case) >= {"name", "shape", "make_inputs", "flops", "tokens"}
-    for case in mlstm_mod.bench_cases(long=False):
+    for case in well_formed_bench_cases(mlstm_mod):
         kw = case["make_inputs"](torch.bfloat16)
         B, H, T, DH = kw["q"].shape
         assert kw["q"].dtype == torch.bfloat16 and case["tokens"] == B * T

@@ -13,17 +13,17 @@ import pytest
 import torch
 
 import csrc
-from csrc._build import KernelBuildError, load
+from _kernel_helpers import (
+    assert_bad_input_raises,
+    assert_reference_never_calls_kernel,
+    kernel_marker,
+    run_in_chunks,
+    well_formed_bench_cases,
+)
 
 ss_mod = importlib.import_module("csrc.selective_scan")  # the package re-exports the function under this name
 
-try:
-    load("selective_scan")
-    HAVE_KERNEL = True
-except KernelBuildError:  # no compiler: the tests of the compiled path cannot run
-    HAVE_KERNEL = False
-
-needs_kernel = pytest.mark.skipif(not HAVE_KERNEL, reason="selective_scan kernel could not be built")
+HAVE_KERNEL, needs_kernel = kernel_marker("selective_scan")
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.bfloat16: dict(rtol=1e-2, atol=1e-2)}
 STATE_TOL = dict(rtol=1e-4, atol=1e-4)
@@ -104,11 +104,12 @@ def test_long_sequence():
 def test_chunked_with_carried_state_equals_one_pass(dtype):
     kw = make_inputs(2, 21, 16, 150, dtype=dtype, seed=3)
     full, h_full = csrc.selective_scan(**kw, return_state=True, backend="compiled")
-    outs, state = [], None
-    for lo, hi in [(0, 1), (1, 38), (38, 150)]:
+
+    def run(lo, hi, state):
         part = {k: (v[..., lo:hi] if k in ("u", "delta", "z", "B", "C") else v) for k, v in kw.items()}
-        y, state = csrc.selective_scan(**part, state=state, return_state=True, backend="compiled")
-        outs.append(y)
+        return csrc.selective_scan(**part, state=state, return_state=True, backend="compiled")
+
+    outs, state = run_in_chunks(run, [(0, 1), (1, 38), (38, 150)])
     torch.testing.assert_close(torch.cat(outs, dim=-1), full, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(state, h_full, rtol=1e-6, atol=1e-6)
 
@@ -196,14 +197,8 @@ def test_mixed_dtypes_compute_in_float32():
 # --- dispatch and errors -------------------------------------------------------------------------------
 
 def test_reference_backend_never_calls_the_kernel(monkeypatch):
-    def boom(*args):
-        raise AssertionError("compiled kernel called")
-
-    monkeypatch.setitem(ss_mod._KERNELS, "cpu", boom)
     kw = make_inputs(1, 3, 4, 5)
-    csrc.selective_scan(**kw, backend="reference")
-    monkeypatch.setenv("HEARSCAN_SCAN_BACKEND", "reference")
-    csrc.selective_scan(**kw)
+    assert_reference_never_calls_kernel(monkeypatch, ss_mod, lambda **extra: csrc.selective_scan(**kw, **extra))
 
 
 @needs_kernel
@@ -243,12 +238,7 @@ def test_device_without_kernel(monkeypatch):
 )
 @pytest.mark.parametrize("backend", ["compiled", "reference"])
 def test_bad_inputs_give_clear_errors(change, error, match, backend):
-    if backend == "compiled" and not HAVE_KERNEL:
-        pytest.skip("no kernel")
-    kw = make_inputs(2, 3, 16, 7)
-    kw.update(change)
-    with pytest.raises(error, match=match):
-        csrc.selective_scan(**kw, backend=backend)
+    assert_bad_input_raises(csrc.selective_scan, make_inputs(2, 3, 16, 7), change, error, match, backend, HAVE_KERNEL)
 
 
 def test_bad_backend_name():
@@ -257,11 +247,7 @@ def test_bad_backend_name():
 
 
 def test_bench_cases_are_well_formed():
-    cases = ss_mod.bench_cases(long=True)
-    assert len(cases) > len(ss_mod.bench_cases(long=False))
-    for case in cases:
-        assert set(case) >= {"name", "shape", "make_inputs", "flops", "tokens"}
-    for case in ss_mod.bench_cases(long=False):
+    for case in well_formed_bench_cases(ss_mod):
         kw = case["make_inputs"](torch.bfloat16)
         assert kw["u"].dtype == torch.bfloat16
         assert case["flops"] == 6 * kw["u"].shape[1] * kw["A"].shape[1] * case["tokens"]

@@ -11,11 +11,16 @@ import pytest
 import torch
 
 import csrc
+from _kernel_helpers import (
+    WKV_TOL as TOL,
+    assert_empty_sequence_keeps_the_state,
+    assert_wkv_compiled_equals_reference,
+    assert_wkv_long_sequence,
+    run_in_chunks,
+)
 from csrc import _build
 
 wkv6_module = importlib.import_module("csrc.wkv6")  # the package attribute `csrc.wkv6` is the function
-
-TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=1e-2, rtol=1e-2)}
 
 
 def _inputs(B, T, H, N, dtype=torch.float32, seed=0):
@@ -47,15 +52,7 @@ SHAPES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"B{b}T{t}H{h}N{n}" for b, t, h, n in SHAPES])
 def test_compiled_equals_reference(shape, dtype):
-    x = _inputs(*shape, dtype=dtype)
-    g = torch.Generator().manual_seed(1)
-    s0 = torch.randn(shape[0], shape[2], shape[3], shape[3], generator=g) * 0.1
-    y_ref, s_ref = csrc.wkv6(*x, state=s0, return_state=True, backend="reference")
-    y, s = csrc.wkv6(*x, state=s0, return_state=True, backend="compiled")
-    assert y.dtype == dtype and y.shape == x[0].shape
-    assert s.dtype == torch.float32 and s.shape == s0.shape
-    torch.testing.assert_close(y, y_ref, **TOL[dtype])
-    torch.testing.assert_close(s, s_ref, atol=1e-4, rtol=1e-4)
+    assert_wkv_compiled_equals_reference(csrc.wkv6, _inputs(*shape, dtype=dtype), shape, dtype)
 
 
 def test_bfloat16_bonus_is_accepted():
@@ -67,21 +64,18 @@ def test_bfloat16_bonus_is_accepted():
 
 def test_long_sequence_t8192():
     """T = 8192 against the reference (B = H = 1 keeps the reference loop to about a second)."""
-    x = _inputs(1, 8192, 1, 64, seed=3)
-    y_ref, s_ref = csrc.wkv6(*x, return_state=True, backend="reference")
-    y, s = csrc.wkv6(*x, return_state=True, backend="compiled")
-    assert (y - y_ref).abs().max() <= 1e-4 * y_ref.abs().max()
-    assert (s - s_ref).abs().max() <= 1e-4 * s_ref.abs().max()
+    assert_wkv_long_sequence(csrc.wkv6, _inputs(1, 8192, 1, 64, seed=3))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_chunked_with_carried_state_equals_one_pass(dtype):
     x = _inputs(2, 100, 3, 64, dtype=dtype, seed=4)
     full, s_full = csrc.wkv6(*x, return_state=True, backend="compiled")
-    ys, state = [], None
-    for lo, hi in [(0, 1), (1, 38), (38, 64), (64, 100)]:
-        y, state = csrc.wkv6(*(t[:, lo:hi] for t in x[:4]), x[4], state=state, return_state=True, backend="compiled")
-        ys.append(y)
+    ys, state = run_in_chunks(
+        lambda lo, hi, s: csrc.wkv6(*(t[:, lo:hi] for t in x[:4]), x[4], state=s, return_state=True,
+                                    backend="compiled"),
+        [(0, 1), (1, 38), (38, 64), (64, 100)],
+    )
     torch.testing.assert_close(torch.cat(ys, dim=1), full, atol=0, rtol=0)
     torch.testing.assert_close(state, s_full, atol=0, rtol=0)
 
@@ -100,11 +94,7 @@ def test_strided_and_flipped_inputs():
 
 @pytest.mark.parametrize("backend", ["compiled", "reference"])
 def test_empty_sequence_returns_empty_output_and_the_state(backend):
-    x = _inputs(2, 0, 3, 64)
-    s0 = torch.randn(2, 3, 64, 64)
-    y, s = csrc.wkv6(*x, state=s0, return_state=True, backend=backend)
-    assert y.shape == (2, 0, 3, 64)
-    torch.testing.assert_close(s, s0)
+    assert_empty_sequence_keeps_the_state(csrc.wkv6, _inputs(2, 0, 3, 64), torch.randn(2, 3, 64, 64), backend)
 
 
 def test_bad_inputs_give_clear_errors():

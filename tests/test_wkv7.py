@@ -12,11 +12,16 @@ import torch
 import torch.nn.functional as F
 
 import csrc
+from _kernel_helpers import (
+    WKV_TOL as TOL,
+    assert_empty_sequence_keeps_the_state,
+    assert_wkv_compiled_equals_reference,
+    assert_wkv_long_sequence,
+    run_in_chunks,
+)
 from csrc import _build
 
 wkv7_module = importlib.import_module("csrc.wkv7")  # the package attribute `csrc.wkv7` is the function
-
-TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=1e-2, rtol=1e-2)}
 
 
 def _inputs(B, T, H, N, dtype=torch.float32, seed=0):
@@ -51,15 +56,7 @@ SHAPES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"B{b}T{t}H{h}N{n}" for b, t, h, n in SHAPES])
 def test_compiled_equals_reference(shape, dtype):
-    x = _inputs(*shape, dtype=dtype)
-    g = torch.Generator().manual_seed(1)
-    s0 = torch.randn(shape[0], shape[2], shape[3], shape[3], generator=g) * 0.1
-    y_ref, s_ref = csrc.wkv7(*x, state=s0, return_state=True, backend="reference")
-    y, s = csrc.wkv7(*x, state=s0, return_state=True, backend="compiled")
-    assert y.dtype == dtype and y.shape == x[0].shape
-    assert s.dtype == torch.float32 and s.shape == s0.shape
-    torch.testing.assert_close(y, y_ref, **TOL[dtype])
-    torch.testing.assert_close(s, s_ref, atol=1e-4, rtol=1e-4)
+    assert_wkv_compiled_equals_reference(csrc.wkv7, _inputs(*shape, dtype=dtype), shape, dtype)
 
 
 def test_zero_state_is_the_default():
@@ -70,22 +67,17 @@ def test_zero_state_is_the_default():
 
 def test_long_sequence_t8192():
     """T = 8192 against the reference (B = H = 1 keeps the reference loop to about a second)."""
-    x = _inputs(1, 8192, 1, 64, seed=3)
-    y_ref, s_ref = csrc.wkv7(*x, return_state=True, backend="reference")
-    y, s = csrc.wkv7(*x, return_state=True, backend="compiled")
-    scale = y_ref.abs().max()
-    assert (y - y_ref).abs().max() <= 1e-4 * scale
-    assert (s - s_ref).abs().max() <= 1e-4 * s_ref.abs().max()
+    assert_wkv_long_sequence(csrc.wkv7, _inputs(1, 8192, 1, 64, seed=3))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_chunked_with_carried_state_equals_one_pass(dtype):
     x = _inputs(2, 100, 3, 64, dtype=dtype, seed=4)
     full, s_full = csrc.wkv7(*x, return_state=True, backend="compiled")
-    ys, state = [], None
-    for lo, hi in [(0, 1), (1, 38), (38, 64), (64, 100)]:
-        y, state = csrc.wkv7(*(t[:, lo:hi] for t in x), state=state, return_state=True, backend="compiled")
-        ys.append(y)
+    ys, state = run_in_chunks(
+        lambda lo, hi, s: csrc.wkv7(*(t[:, lo:hi] for t in x), state=s, return_state=True, backend="compiled"),
+        [(0, 1), (1, 38), (38, 64), (64, 100)],
+    )
     # same float32 operations in the same order: identical results
     torch.testing.assert_close(torch.cat(ys, dim=1), full, atol=0, rtol=0)
     torch.testing.assert_close(state, s_full, atol=0, rtol=0)
@@ -112,10 +104,7 @@ def test_bidirectional_use_on_flipped_and_strided_inputs():
 @pytest.mark.parametrize("backend", ["compiled", "reference"])
 def test_empty_sequence_returns_empty_output_and_the_state(backend):
     x = _inputs(2, 0, 3, 64)
-    s0 = torch.randn(2, 3, 64, 64)
-    y, s = csrc.wkv7(*x, state=s0, return_state=True, backend=backend)
-    assert y.shape == (2, 0, 3, 64)
-    torch.testing.assert_close(s, s0)
+    assert_empty_sequence_keeps_the_state(csrc.wkv7, x, torch.randn(2, 3, 64, 64), backend)
     y, s = csrc.wkv7(*x, return_state=True, backend=backend)
     assert y.shape == (2, 0, 3, 64) and torch.count_nonzero(s) == 0
 

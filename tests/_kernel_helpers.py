@@ -1,0 +1,98 @@
+"""Scaffolding shared by the kernel tests (tests/test_{wkv7,wkv6,selective_scan,mlstm}.py).
+
+Only plumbing lives here; every tolerance is passed in by (or named for) the test that uses it, and each
+test keeps its own shapes and inputs.
+"""
+
+import pytest
+import torch
+
+from csrc._build import KernelBuildError, load
+
+# WKV-6/7: float32 outputs within 1e-4 (the kernel only reorders float32 sums); bfloat16 within 1e-2 (one
+# or two bfloat16 roundings of the output, 2^-8 relative each); the float32 state within 1e-4.
+WKV_TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=1e-2, rtol=1e-2)}
+WKV_STATE_TOL = dict(atol=1e-4, rtol=1e-4)
+
+
+def kernel_marker(op):
+    """(whether the compiled `op` kernel builds here, a skipif marker for tests that need it)."""
+    try:
+        load(op)
+        have = True
+    except KernelBuildError:  # no compiler: the tests of the compiled path cannot run
+        have = False
+    return have, pytest.mark.skipif(not have, reason=f"{op} kernel could not be built")
+
+
+def run_in_chunks(run, bounds):
+    """Call `run(lo, hi, state) -> (y, state)` on consecutive time ranges, carrying the state.
+
+    Returns the list of outputs and the final state.
+    """
+    ys, state = [], None
+    for lo, hi in bounds:
+        y, state = run(lo, hi, state)
+        ys.append(y)
+    return ys, state
+
+
+def assert_wkv_compiled_equals_reference(op, x, shape, dtype):
+    """`op` (csrc.wkv7 / csrc.wkv6) with a random initial state: compiled == reference, y and state."""
+    g = torch.Generator().manual_seed(1)
+    s0 = torch.randn(shape[0], shape[2], shape[3], shape[3], generator=g) * 0.1
+    y_ref, s_ref = op(*x, state=s0, return_state=True, backend="reference")
+    y, s = op(*x, state=s0, return_state=True, backend="compiled")
+    assert y.dtype == dtype and y.shape == x[0].shape
+    assert s.dtype == torch.float32 and s.shape == s0.shape
+    torch.testing.assert_close(y, y_ref, **WKV_TOL[dtype])
+    torch.testing.assert_close(s, s_ref, **WKV_STATE_TOL)
+
+
+def assert_wkv_long_sequence(op, x):
+    """A long sequence against the reference: y and the state within 1e-4 of their largest value."""
+    y_ref, s_ref = op(*x, return_state=True, backend="reference")
+    y, s = op(*x, return_state=True, backend="compiled")
+    assert (y - y_ref).abs().max() <= 1e-4 * y_ref.abs().max()
+    assert (s - s_ref).abs().max() <= 1e-4 * s_ref.abs().max()
+
+
+def assert_empty_sequence_keeps_the_state(op, x, s0, backend):
+    """T = 0: an empty output of shape (B, 0, H, N) and the initial state back unchanged."""
+    y, s = op(*x, state=s0, return_state=True, backend=backend)
+    assert y.shape == (x[0].shape[0], 0, *x[0].shape[2:])
+    torch.testing.assert_close(s, s0)
+
+
+def assert_reference_never_calls_kernel(monkeypatch, module, call):
+    """With backend="reference" (argument or environment) `call(**extra)` must not touch the kernel."""
+
+    def boom(*args):
+        raise AssertionError("compiled kernel called")
+
+    monkeypatch.setitem(module._KERNELS, "cpu", boom)
+    call(backend="reference")
+    monkeypatch.setenv("HEARSCAN_SCAN_BACKEND", "reference")
+    call()
+
+
+def assert_bad_input_raises(op, kw, change, error, match, backend, have_kernel):
+    """`op(**kw)` with the arguments in `change` replaced raises `error` matching `match`."""
+    if backend == "compiled" and not have_kernel:
+        pytest.skip("no kernel")
+    kw.update(change)
+    with pytest.raises(error, match=match):
+        op(**kw, backend=backend)
+
+
+def well_formed_bench_cases(module):
+    """The bench-case protocol: more cases with `long`, every case has the fields csrc/bench.py reads.
+
+    Returns the short list, for the op's own checks of inputs and FLOP counts.
+    """
+    cases = module.bench_cases(long=True)
+    short = module.bench_cases(long=False)
+    assert len(cases) > len(short)
+    for case in cases:
+        assert set(case) >= {"name", "shape", "make_inputs", "flops", "tokens"}
+    return short
