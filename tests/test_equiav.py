@@ -1,15 +1,17 @@
 """EquiAV audio encoder: parity with the official fine-tuned model (fbank, tokens, embedding, logits),
 strict loading of the `__M__.` state dict, timestamp grid and the long-clip rule."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from _model_helpers import (  # expected, clips: fixtures that read this module's FIX
+    assert_hear_validator_passes,
+    clips,
+    expected,
+    needs_hearscan_validate,
+)
 from hear_modules import equiav
 from hearscan.errors import CheckpointError, UserFacingError
 
@@ -20,17 +22,6 @@ CKPT = FIX / "checkpoint.pth"
 @pytest.fixture(scope="module")
 def model():
     return equiav.load_model(str(CKPT), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def expected():
-    return torch.load(FIX / "expected.pt", weights_only=True)
-
-
-@pytest.fixture(scope="module")
-def clips(expected):
-    audio = np.load(FIX / "audio.npy")
-    return [torch.from_numpy(audio[i : i + 1, :n]) for i, n in enumerate(expected["lengths"].tolist())]
 
 
 def test_fbank_matches_official(model, clips, expected):
@@ -104,20 +95,7 @@ def test_options_and_random_default(capsys):
     assert model.scene_embedding_size == 768 and len(model.blocks_a) == 12
 
 
-def _hearscan_validate_available() -> bool:
-    exe = Path(sys.executable).parent / "hearscan"
-    out = subprocess.run([str(exe), "validate", "--help"], capture_output=True, text=True)
-    return out.returncode == 0
-
-
-@pytest.mark.skipif(not _hearscan_validate_available(), reason="`hearscan validate` not available")
+@needs_hearscan_validate
 @pytest.mark.parametrize("with_weights", [True, False])
 def test_hear_validator_passes(with_weights):
-    cmd = [str(Path(sys.executable).parent / "hearscan"), "validate", "hear_modules.equiav", "--device", "cpu"]
-    if with_weights:
-        cmd += ["--model", str(CKPT)]
-    env = {k: v for k, v in os.environ.items() if k != "PT_AXLSTM_MODEL_DIR"}
-    env["OMP_NUM_THREADS"] = "1"
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "passed hear-validator" in out.stdout
+    assert_hear_validator_passes("hear_modules.equiav", CKPT if with_weights else None)

@@ -3,14 +3,19 @@
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from _model_helpers import (  # expected, clips: fixtures that read this module's FIX
+    assert_hear_validator_passes,
+    assert_timestamp_outputs_match_official,
+    clips,
+    expected,
+    needs_hearscan_validate,
+    rel_fro,
+)
 from hear_modules import _ast_wrapper, ssast
 from hearscan.errors import CheckpointError, UserFacingError
 
@@ -24,23 +29,8 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def expected():
-    return torch.load(FIX / "expected.pt", weights_only=True)
-
-
-@pytest.fixture(scope="module")
-def clips(expected):
-    audio = np.load(FIX / "audio.npy")
-    return [torch.from_numpy(audio[i : i + 1, :n]) for i, n in enumerate(expected["lengths"].tolist())]
-
-
-@pytest.fixture(scope="module")
 def outputs(model, clips):
     return [ssast.get_timestamp_embeddings(clip, model) for clip in clips]
-
-
-def rel_fro(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 def test_logmel_matches_official(model, clips, expected):
@@ -49,12 +39,7 @@ def test_logmel_matches_official(model, clips, expected):
 
 
 def test_timestamp_embeddings_and_timestamps_match_official(outputs, expected):
-    for i, (emb, ts) in enumerate(outputs):
-        ref = expected[f"timestamp_embeddings_{i}"]
-        assert emb.shape == ref.shape
-        assert (emb - ref).abs().max().item() < 1e-3
-        assert rel_fro(emb, ref) < 1e-4
-        assert (ts - expected[f"timestamps_{i}"]).abs().max().item() < 1e-3
+    assert_timestamp_outputs_match_official(outputs, expected)
 
 
 def test_scene_embeddings_match_official(model, clips, outputs, expected):
@@ -175,20 +160,7 @@ def test_random_default_warns_loudly(capsys, monkeypatch):
     assert emb.shape == (2, 960) and torch.isfinite(emb).all()
 
 
-def _hearscan_validate_available() -> bool:
-    exe = Path(sys.executable).parent / "hearscan"
-    out = subprocess.run([str(exe), "validate", "--help"], capture_output=True, text=True)
-    return out.returncode == 0
-
-
-@pytest.mark.skipif(not _hearscan_validate_available(), reason="`hearscan validate` not available")
+@needs_hearscan_validate
 @pytest.mark.parametrize("with_weights", [True, False])
 def test_hear_validator_passes(with_weights):
-    cmd = [str(Path(sys.executable).parent / "hearscan"), "validate", "hear_modules.ssast", "--device", "cpu"]
-    if with_weights:
-        cmd += ["--model", str(CKPT_DIR)]
-    env = {k: v for k, v in os.environ.items() if k != "PT_AXLSTM_MODEL_DIR"}
-    env["OMP_NUM_THREADS"] = "1"
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "passed hear-validator" in out.stdout
+    assert_hear_validator_passes("hear_modules.ssast", CKPT_DIR if with_weights else None)
