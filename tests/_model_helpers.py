@@ -36,6 +36,19 @@ def rel_fro(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+def assert_logmel_matches_official(model, clips, expected):
+    """The module's log-mel frontend vs the official one, within 1e-3."""
+    for i, clip in enumerate(clips):
+        torch.testing.assert_close(model.frontend(clip)[:, None], expected[f"logmel_{i}"], atol=1e-3, rtol=0)
+
+
+def assert_scene_embeddings_match_official(hear_module, model, clips, outputs, expected):
+    """Scene embeddings (the mean of the timestamp embeddings, and from audio) vs the official ones."""
+    assert (outputs[0][0].mean(dim=1)[0] - expected["scene"][0]).abs().max().item() < 1e-4
+    scene1 = hear_module.get_scene_embeddings(clips[1], model)
+    assert (scene1[0] - expected["scene"][1]).abs().max().item() < 1e-4
+
+
 def assert_timestamp_outputs_match_official(outputs, expected):
     """get_timestamp_embeddings outputs vs the official ones: shape, max error 1e-3, relative 1e-4."""
     for i, (emb, ts) in enumerate(outputs):
