@@ -280,7 +280,8 @@ def write_split(
 
 
 def write_task_files(task_dir: Path, metadata: dict, labels: list[str], split_targets: dict[str, dict]) -> None:
-    """Write task_metadata.json, labelvocabulary.csv and the `<split>.json` target copies."""
+    """Write task_metadata.json, labelvocabulary.csv, the `<split>.json` target copies and, last, the
+    `.done.embeddings` marker every finished embeddings folder carries (call it after `write_split`)."""
     task_dir = Path(task_dir)
     task_dir.mkdir(parents=True, exist_ok=True)
     _atomic_bytes(task_dir / "task_metadata.json", json.dumps(metadata, indent=2).encode())
@@ -288,6 +289,7 @@ def write_task_files(task_dir: Path, metadata: dict, labels: list[str], split_ta
     _atomic_bytes(task_dir / "labelvocabulary.csv", vocab.encode())
     for split, targets in split_targets.items():
         _atomic_bytes(task_dir / f"{split}.json", json.dumps(targets, indent=2).encode())
+    _atomic_bytes(task_dir / ".done.embeddings", b"")
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:

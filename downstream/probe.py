@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from downstream import metrics
 from downstream.embeddings import TaskEmbeddings, data_splits, find_task_dirs, load_task
 from downstream.linear import GridPoint, ProbeSettings, loss_per_model, train_linear
+from feature_extract.seeds import make_seed_view
 from hearscan.errors import UserFacingError
 
 PROTOCOLS = ("linear", "heareval", "heareval-fork")
@@ -304,19 +305,6 @@ def _headline(results: dict) -> float:
 
 # --- heareval's runner, once per seed ---------------------------------------------------------------------
 
-# files heareval's predictions runner writes into a task directory: never linked into a seed copy
-_RUNNER_OUTPUTS = {SCORES_FILE, "prediction-done.json", "prediction.log", "prediction-hearscan.json", PROBE_FILE}
-
-
-def _link_embeddings(task_dir: Path, work: Path) -> None:
-    """A per-seed view of the task: symbolic links to the embedding files (nothing copied), so heareval's
-    runner can write its outputs beside them without touching the original directory."""
-    work.mkdir(parents=True)
-    for item in sorted(task_dir.iterdir()):
-        if item.is_file() and item.name not in _RUNNER_OUTPUTS and not item.name.endswith(".predictions.pkl"):
-            (work / item.name).symlink_to(item.resolve())
-
-
 def probe_heareval(
     task_dir: Path, seed: int, protocol: str, final: Path, grid_points: int | None = None,
     grid_overrides: dict | None = None, verbose: bool = True,
@@ -335,7 +323,7 @@ def probe_heareval(
     work = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     if work.exists():
         shutil.rmtree(work)
-    _link_embeddings(task_dir, work)
+    make_seed_view(task_dir, work)  # links to the embedding files: nothing copied, the original untouched
     t0 = time.time()
     run_predictions([work], seed=seed, grid=grid, grid_points=grid_points, grid_overrides=grid_overrides, verbose=verbose)
     scores_path = work / SCORES_FILE

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hearscan.errors import UserFacingError
+
 # files written by the extraction step; everything else in a task folder is a downstream output
 EMBEDDING_SUFFIXES = (
     ".embeddings.npy", ".embedding-dimensions.json", ".target-labels.pkl", ".filename-timestamps.json",
@@ -32,7 +34,10 @@ def make_seed_view(task_dir: Path, view_dir: Path) -> Path:
     """Create (or refresh) `view_dir` holding links to `task_dir`'s embedding files."""
     task_dir, view_dir = Path(task_dir).resolve(), Path(view_dir)
     if not (task_dir / ".done.embeddings").exists():
-        raise FileNotFoundError(f"{task_dir} is not a finished embeddings folder (no .done.embeddings)")
+        raise UserFacingError(
+            f"{task_dir} is not a finished embeddings folder (no .done.embeddings); extract it first "
+            "(hearscan extract) or finish heareval's embeddings run"
+        )
     view_dir.mkdir(parents=True, exist_ok=True)
     for src in embedding_files(task_dir):
         dst = view_dir / src.name
