@@ -15,6 +15,10 @@
 #   HEAREVAL_MODULES=...      modules that get the heareval protocol (default: all given)
 #   LINEAR_SEEDS=0-9
 #   THREADS=2                 torch CPU threads for the probe
+#   HEAREVAL_GRID_POINTS=     empty: heareval's full stock grid (8 points) -> results/mini; N: only the first N
+#                             stock grid points (NOT the stock protocol), kept apart in
+#                             $WORK/predictions-heareval-gridN and results/mini-heareval-gridpointN
+#   HEAREVAL_TASKS=all        tasks (comma-separated names) that get the heareval protocol
 #   BACKBONE_TASKS=mini_drums  tasks (comma-separated names) extracted for the backbones; "all" = whole suite.
 #                             logmel always gets the whole suite.  The backbones pad every clip to their
 #                             native 2-10 s input, so on 2 CPU cores the whole suite takes ~1-2 h per backbone.
@@ -29,6 +33,14 @@ LINEAR_SEEDS="${LINEAR_SEEDS:-0-9}"
 HEAREVAL_SEEDS="${HEAREVAL_SEEDS:-0}"
 THREADS="${THREADS:-2}"
 BACKBONE_TASKS="${BACKBONE_TASKS:-mini_drums}"
+HEAREVAL_GRID_POINTS="${HEAREVAL_GRID_POINTS:-}"
+HEAREVAL_TASKS="${HEAREVAL_TASKS:-all}"
+hv_out="$WORK/predictions"
+hv_args=()
+if [ -n "$HEAREVAL_GRID_POINTS" ]; then
+  hv_out="$WORK/predictions-heareval-grid$HEAREVAL_GRID_POINTS"
+  hv_args=(--grid-points "$HEAREVAL_GRID_POINTS")
+fi
 modules=("$@")
 [ ${#modules[@]} -gt 0 ] || modules=(logmel arwkv aum axlstm conrwkv ssast equiav)
 read -r -a heareval_modules <<< "${HEAREVAL_MODULES:-${modules[*]}}"
@@ -85,13 +97,25 @@ log "    linear probe: $((SECONDS - t)) s"
 for m in "${heareval_modules[@]}"; do
   for d in "$WORK"/embeddings/hear_modules."$m" "$WORK"/embeddings/hear_modules."$m"-*; do
     [ -d "$d" ] || continue
-    log "4/5 heareval stock grid, seeds $HEAREVAL_SEEDS: $d"
+    if [ "$HEAREVAL_TASKS" = all ]; then
+      targets=("$d")
+    else
+      targets=()
+      IFS=, read -r -a names <<< "$HEAREVAL_TASKS"
+      for n in "${names[@]}"; do [ -d "$d/$n-v1-full" ] && targets+=("$d/$n-v1-full"); done
+    fi
+    [ ${#targets[@]} -gt 0 ] || continue
+    log "4/5 heareval grid (${HEAREVAL_GRID_POINTS:-8 stock} points), seeds $HEAREVAL_SEEDS: ${targets[*]}"
     t=$SECONDS
-    "$hs" probe "$d" --protocol heareval --seeds "$HEAREVAL_SEEDS" --threads "$THREADS" --out "$WORK/predictions"
+    "$hs" probe "${targets[@]}" --protocol heareval --seeds "$HEAREVAL_SEEDS" --threads "$THREADS" \
+      --out "$hv_out" "${hv_args[@]}"
     log "    heareval $m: $((SECONDS - t)) s"
   done
 done
 
 log "5/5 tables and plots -> results/mini"
 "$hs" results "$WORK/predictions" --out "$here/results/mini"
+if [ -n "$HEAREVAL_GRID_POINTS" ] && [ -d "$hv_out" ]; then
+  "$hs" results "$hv_out" --out "$here/results/mini-heareval-gridpoint$HEAREVAL_GRID_POINTS"
+fi
 log "done in $((SECONDS - t_all)) s"
