@@ -135,6 +135,12 @@ class LoadedModule:
             return self.module.get_scene_embeddings(x, self.model).float().cpu().numpy(), None
 
     def manifest(self) -> dict:
+        """What made these embeddings; computed once per module (the checkpoint hash reads the whole file)."""
+        if getattr(self, "_manifest", None) is None:
+            self._manifest = self._describe()
+        return json.loads(json.dumps(self._manifest))  # a copy the caller may extend
+
+    def _describe(self) -> dict:
         import torchaudio
 
         import hearscan
