@@ -41,8 +41,6 @@ a clip shorter than 87.5 ms gets one timestamp at its middle.  Silence is fine (
 from __future__ import annotations
 
 import math
-import sys
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +53,7 @@ from csrc.wkv7 import wkv7
 from hear_modules._audio import check_audio_batch
 from hear_modules._checkpoint import load_strict, read_checkpoint, strip_prefix
 from hear_modules._frontend import kaldi_fbank
+from hear_modules._options import DTYPES, check_options, resolve_device, warn_random_weights
 from hearscan.errors import CheckpointError, UserFacingError
 
 SAMPLE_RATE = 16000
@@ -423,23 +422,7 @@ def _random_init(model: AudioRWKV, seed: int = 0) -> None:
                 normal(p, 0.0, scale / math.sqrt(fan_in))
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-_OPTIONS = {"size": tuple(SIZES), "device": ("cpu", "cuda", None), "dtype": tuple(_DTYPES), "scan_backend": BACKENDS}
-
-
-def _check_options(options: dict) -> dict:
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown:
-        raise UserFacingError(f"hear_modules.arwkv: unknown option(s) {unknown}; valid options: {', '.join(_OPTIONS)}")
-    for key, value in options.items():
-        valid = _OPTIONS[key]
-        ok = value in valid or (key == "device" and isinstance(value, str) and value.startswith("cuda"))
-        if not ok:
-            raise UserFacingError(
-                f"hear_modules.arwkv: option {key}={value!r} is not valid; choose one of "
-                + ", ".join(str(v) for v in valid if v is not None)
-            )
-    return options
+_OPTIONS = {"size": tuple(SIZES), "device": ("cpu", "cuda", None), "dtype": tuple(DTYPES), "scan_backend": BACKENDS}
 
 
 def load_model(model_file_path: str = "", **options) -> AudioRWKV:
@@ -448,12 +431,10 @@ def load_model(model_file_path: str = "", **options) -> AudioRWKV:
     Options: size (tiny|small|base, random init only; a checkpoint's size is read from it), device
     (cpu|cuda, default CUDA when present), dtype (float32|bfloat16), scan_backend (auto|compiled|reference).
     """
-    options = _check_options(dict(options))
+    options = check_options("arwkv", dict(options), _OPTIONS)
     backend = options.get("scan_backend") or "auto"
-    device = options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserFacingError(f"hear_modules.arwkv: device={device!r} but no CUDA device is available; use device='cpu'")
-    dtype = _DTYPES[options.get("dtype") or "float32"]
+    device = resolve_device("arwkv", options.get("device"))
+    dtype = DTYPES[options.get("dtype") or "float32"]
     if model_file_path:
         if "size" in options:
             raise UserFacingError("hear_modules.arwkv: `size` is for random init; a checkpoint's size is read from the checkpoint")
@@ -467,8 +448,7 @@ def load_model(model_file_path: str = "", **options) -> AudioRWKV:
             f"hear_modules.arwkv: no checkpoint given - using A-RWKV-{size[0].upper()} with RANDOM weights "
             "(seed 0). Embeddings are NOT meaningful; pass the path of an official AudioRWKV .pth."
         )
-        warnings.warn(message, stacklevel=2)
-        print(f"WARNING: {message}", file=sys.stderr)
+        warn_random_weights(message)
         model = AudioRWKV(ARWKVConfig.for_width(SIZES[size]), scan_backend=backend)
         _random_init(model)
     return model.to(device=device, dtype=dtype).eval()

@@ -35,8 +35,6 @@ the clip are not reported.  Clips under 400 samples (one frame) are an AudioInpu
 from __future__ import annotations
 
 import math
-import sys
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +46,7 @@ from csrc.wkv6 import wkv6
 from hear_modules._audio import check_audio_batch
 from hear_modules._checkpoint import load_strict, read_checkpoint, strip_prefix
 from hear_modules._frontend import kaldi_fbank
+from hear_modules._options import DTYPES, check_options, resolve_device, warn_random_weights
 from hearscan.errors import CheckpointError, UserFacingError
 
 SAMPLE_RATE = 16000
@@ -299,22 +298,7 @@ def _random_init(model: ConRWKV, seed: int = 0) -> None:
             p.copy_(val)
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-_OPTIONS = {"size": tuple(SIZES), "device": ("cpu", "cuda", None), "dtype": tuple(_DTYPES), "scan_backend": BACKENDS}
-
-
-def _check_options(options: dict) -> dict:
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown:
-        raise UserFacingError(f"hear_modules.conrwkv: unknown option(s) {unknown}; valid options: {', '.join(_OPTIONS)}")
-    for key, value in options.items():
-        ok = value in _OPTIONS[key] or (key == "device" and isinstance(value, str) and value.startswith("cuda"))
-        if not ok:
-            raise UserFacingError(
-                f"hear_modules.conrwkv: option {key}={value!r} is not valid; choose one of "
-                + ", ".join(str(v) for v in _OPTIONS[key] if v is not None)
-            )
-    return options
+_OPTIONS = {"size": tuple(SIZES), "device": ("cpu", "cuda", None), "dtype": tuple(DTYPES), "scan_backend": BACKENDS}
 
 
 def load_model(model_file_path: str = "", **options) -> ConRWKV:
@@ -323,12 +307,10 @@ def load_model(model_file_path: str = "", **options) -> ConRWKV:
     Options: size (tiny|small|base), device (cpu|cuda, default CUDA when present), dtype
     (float32|bfloat16), scan_backend (auto|compiled|reference).
     """
-    options = _check_options(dict(options))
+    options = check_options("conrwkv", dict(options), _OPTIONS)
     backend = options.get("scan_backend") or "auto"
-    device = options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserFacingError(f"hear_modules.conrwkv: device={device!r} but no CUDA device is available; use device='cpu'")
-    dtype = _DTYPES[options.get("dtype") or "float32"]
+    device = resolve_device("conrwkv", options.get("device"))
+    dtype = DTYPES[options.get("dtype") or "float32"]
     if model_file_path:
         if "size" in options:
             raise UserFacingError("hear_modules.conrwkv: `size` is for random init; a checkpoint's size is read from the checkpoint")
@@ -343,8 +325,7 @@ def load_model(model_file_path: str = "", **options) -> ConRWKV:
             f"hear_modules.conrwkv: using a {size} RWKV-6 Con model with RANDOM weights (seed 0). "
             "No audio weights are published for Con-RWKV; embeddings are a random-feature baseline."
         )
-        warnings.warn(message, stacklevel=2)
-        print(f"WARNING: {message}", file=sys.stderr)
+        warn_random_weights(message)
         model = ConRWKV(ConRWKVConfig.for_width(SIZES[size]), scan_backend=backend)
         _random_init(model)
     return model.to(device=device, dtype=dtype).eval()
