@@ -43,6 +43,11 @@ struct Problem {
 };
 
 // One (batch, head) with N = 16 * NV known at compile time.
+//
+// One pass over the state per step: it updates S, accumulates y_t = S_t r_t and, with the next token's
+// a, already sa_{t+1} = S_t a_{t+1} (the separate sa pass of the textbook form was a chain of dependent
+// FMAs that left the FMA units idle).  Five vector FP operations per 16 state elements and step, one load
+// and one store; tokens come from contiguous block buffers (see kBlock in wkv_common.h).
 template <typename scalar_t, int NV>
 void wkv7_head_fixed(const Problem& p, int64_t bi, int64_t hi) {
   constexpr int N = 16 * NV;
@@ -51,41 +56,44 @@ void wkv7_head_fixed(const Problem& p, int64_t bi, int64_t hi) {
   vec16* St = St_buf.data();
   load_state_fixed<NV>(p.state_in ? p.state_in + (bi * p.H + hi) * N * N : nullptr, St);
 
-  alignas(64) float r[N], decay[N], k[N], a[N], b[N], v[N], y[N];
-  const scalar_t* R = static_cast<const scalar_t*>(p.r);
-  const scalar_t* W = static_cast<const scalar_t*>(p.w);
-  const scalar_t* K = static_cast<const scalar_t*>(p.k);
-  const scalar_t* V = static_cast<const scalar_t*>(p.v);
-  const scalar_t* A = static_cast<const scalar_t*>(p.a);
-  const scalar_t* Bv = static_cast<const scalar_t*>(p.b);
-  scalar_t* Y = static_cast<scalar_t*>(p.y);
+  // Block buffers, kBlock rows of N floats each; a has one row more: the next block's first a.
+  std::vector<float> buf((7 * kBlock + 1) * N);
+  float *r = buf.data(), *decay = r + kBlock * N, *k = decay + kBlock * N, *v = k + kBlock * N,
+        *b = v + kBlock * N, *y = b + kBlock * N, *a = y + kBlock * N;
+  const int64_t T = p.T, H = p.H;
 
-  for (int64_t t = 0; t < p.T; ++t) {
-    const int64_t off = ((bi * p.T + t) * p.H + hi) * N;
-    to_float(R + off, r, N);
-    to_float(W + off, decay, N);
-    to_float(K + off, k, N);
-    to_float(V + off, v, N);
-    to_float(A + off, a, N);
-    to_float(Bv + off, b, N);
-    for (int iv = 0; iv < NV; ++iv) store16(decay + 16 * iv, exp16(-exp16(load16(decay + 16 * iv))));
+  vec16 sa[NV] = {};  // S a for the coming step
+  for (int64_t t0 = 0; t0 < T; t0 += kBlock) {
+    const int64_t n = std::min(kBlock, T - t0), na = std::min(kBlock + 1, T - t0);
+    gather_rows<scalar_t>(p.r, T, H, N, bi, hi, t0, n, r);
+    gather_rows<scalar_t>(p.w, T, H, N, bi, hi, t0, n, decay);
+    gather_rows<scalar_t>(p.k, T, H, N, bi, hi, t0, n, k);
+    gather_rows<scalar_t>(p.v, T, H, N, bi, hi, t0, n, v);
+    gather_rows<scalar_t>(p.b, T, H, N, bi, hi, t0, n, b);
+    gather_rows<scalar_t>(p.a, T, H, N, bi, hi, t0, na, a);
+    for (int64_t i = 0; i < n * NV; ++i) store16(decay + 16 * i, exp16(-exp16(load16(decay + 16 * i))));
+    if (t0 == 0)
+      for (int j = 0; j < N; ++j)
+        for (int iv = 0; iv < NV; ++iv) sa[iv] += St[j * NV + iv] * a[j];
 
-    // sa = S a  (uses the state before this step's update)
-    vec16 sa[NV] = {};
-    for (int j = 0; j < N; ++j)
-      for (int iv = 0; iv < NV; ++iv) sa[iv] += St[j * NV + iv] * a[j];
-
-    vec16 vv[NV], acc[NV] = {};
-    for (int iv = 0; iv < NV; ++iv) vv[iv] = load16(v + 16 * iv);
-    for (int j = 0; j < N; ++j) {
+    for (int64_t t = 0; t < n; ++t) {
+      const float *rt = r + t * N, *dt = decay + t * N, *kt = k + t * N, *bt = b + t * N;
+      const float* an = a + std::min(t + 1, na - 1) * N;  // the next step's a (its own at the very end)
+      vec16 vv[NV], acc[NV] = {}, sa_next[NV] = {};
+      for (int iv = 0; iv < NV; ++iv) vv[iv] = load16(v + t * N + 16 * iv);
+      for (int j = 0; j < N; ++j)
+        for (int iv = 0; iv < NV; ++iv) {
+          const vec16 s = St[j * NV + iv] * dt[j] + sa[iv] * bt[j] + vv[iv] * kt[j];
+          St[j * NV + iv] = s;
+          acc[iv] += s * rt[j];
+          sa_next[iv] += s * an[j];
+        }
       for (int iv = 0; iv < NV; ++iv) {
-        vec16 s = St[j * NV + iv] * decay[j] + sa[iv] * b[j] + vv[iv] * k[j];
-        St[j * NV + iv] = s;
-        acc[iv] += s * r[j];
+        store16(y + t * N + 16 * iv, acc[iv]);
+        sa[iv] = sa_next[iv];
       }
     }
-    for (int iv = 0; iv < NV; ++iv) store16(y + 16 * iv, acc[iv]);
-    from_float(y, Y + off, N);
+    scatter_rows<scalar_t>(y, T, H, N, bi, hi, t0, n, p.y);
   }
 
   if (p.state_out) store_state_fixed<NV>(St, p.state_out + (bi * p.H + hi) * N * N);

@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <initializer_list>
 
@@ -44,6 +45,29 @@ inline void load_state_generic(const float* s0, float* St, int N) {
 inline void store_state_generic(const float* St, float* s1, int N) {
   for (int i = 0; i < N; ++i)
     for (int j = 0; j < N; ++j) s1[i * N + j] = St[j * N + i];
+}
+
+// Token blocks.  A head's rows of a (B, T, H, N) input lie H * N floats apart, so a step's six rows come
+// from six pages that the hardware prefetcher does not follow.  Each head first copies a block of kBlock
+// tokens of every input into contiguous float32 buffers (independent loads that the CPU overlaps; the
+// bfloat16 conversion happens in the same pass), runs the recurrence over them, and writes the block's
+// outputs back the same way.  16 tokens keep the buffers and a 64 x 64 state inside a 48-KB L1 cache.
+constexpr int64_t kBlock = 16;
+
+// Rows t0 .. t0 + n - 1 of head (bi, hi) of a (B, T, H, N) tensor x -> dst (n x N float32).
+template <typename scalar_t>
+inline void gather_rows(const void* x, int64_t T, int64_t H, int64_t N, int64_t bi, int64_t hi, int64_t t0,
+                        int64_t n, float* dst) {
+  const scalar_t* src = static_cast<const scalar_t*>(x) + ((bi * T + t0) * H + hi) * N;
+  for (int64_t t = 0; t < n; ++t) to_float(src + t * H * N, dst + t * N, static_cast<int>(N));
+}
+
+// The inverse: src (n x N float32) -> rows t0 .. t0 + n - 1 of head (bi, hi) of y (B, T, H, N).
+template <typename scalar_t>
+inline void scatter_rows(const float* src, int64_t T, int64_t H, int64_t N, int64_t bi, int64_t hi, int64_t t0,
+                         int64_t n, void* y) {
+  scalar_t* dst = static_cast<scalar_t*>(y) + ((bi * T + t0) * H + hi) * N;
+  for (int64_t t = 0; t < n; ++t) from_float(src + t * N, dst + t * H * N, static_cast<int>(N));
 }
 
 template <typename Problem>
