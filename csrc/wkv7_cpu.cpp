@@ -42,61 +42,69 @@ struct Problem {
   float* state_out;                   // (B, H, N, N) or nullptr
 };
 
-// One (batch, head) with N = 16 * NV known at compile time.
+// Heads h0 .. h1 - 1 of batch row bi, with N = 16 * NV known at compile time.
 //
 // One pass over the state per step: it updates S, accumulates y_t = S_t r_t and, with the next token's
-// a, already sa_{t+1} = S_t a_{t+1} (the separate sa pass of the textbook form was a chain of dependent
-// FMAs that left the FMA units idle).  Five vector FP operations per 16 state elements and step, one load
-// and one store; tokens come from contiguous block buffers (see kBlock in wkv_common.h).
+// a, already sa_{t+1} = S_t a_{t+1} (a separate sa pass is a chain of dependent FMAs that leaves the FMA
+// units idle).  Five vector FP operations per 16 state elements and step, one load and one store.
+// Tokens come in blocks for the whole head group (see kBlock in wkv_common.h).
 template <typename scalar_t, int NV>
-void wkv7_head_fixed(const Problem& p, int64_t bi, int64_t hi) {
+void wkv7_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
   constexpr int N = 16 * NV;
-  // St[j * NV + iv] holds S[16 iv .. 16 iv + 15][j]: key column j, 16 value rows.
-  std::vector<vec16> St_buf(N * NV);
-  vec16* St = St_buf.data();
-  load_state_fixed<NV>(p.state_in ? p.state_in + (bi * p.H + hi) * N * N : nullptr, St);
+  constexpr int64_t rows = kBlock + 1;  // rows per head in the block buffers (a needs one more)
+  const int64_t nh = h1 - h0, T = p.T, H = p.H;
+  // States of the group: St[h][j * NV + iv] holds S[16 iv .. 16 iv + 15][j] of head h0 + h.
+  std::vector<vec16> states(nh * N * NV), sa_all(nh * NV, splat16(0.0f));
+  for (int64_t h = 0; h < nh; ++h)
+    load_state_fixed<NV>(p.state_in ? p.state_in + (bi * H + h0 + h) * N * N : nullptr, &states[h * N * NV]);
 
-  // Block buffers, kBlock rows of N floats each; a has one row more: the next block's first a.
-  std::vector<float> buf((7 * kBlock + 1) * N);
-  float *r = buf.data(), *decay = r + kBlock * N, *k = decay + kBlock * N, *v = k + kBlock * N,
-        *b = v + kBlock * N, *y = b + kBlock * N, *a = y + kBlock * N;
-  const int64_t T = p.T, H = p.H;
+  std::vector<float> buf(7 * nh * rows * N);
+  float *r = buf.data(), *decay = r + nh * rows * N, *k = decay + nh * rows * N, *v = k + nh * rows * N,
+        *b = v + nh * rows * N, *y = b + nh * rows * N, *a = y + nh * rows * N;
 
-  vec16 sa[NV] = {};  // S a for the coming step
   for (int64_t t0 = 0; t0 < T; t0 += kBlock) {
     const int64_t n = std::min(kBlock, T - t0), na = std::min(kBlock + 1, T - t0);
-    gather_rows<scalar_t>(p.r, T, H, N, bi, hi, t0, n, r);
-    gather_rows<scalar_t>(p.w, T, H, N, bi, hi, t0, n, decay);
-    gather_rows<scalar_t>(p.k, T, H, N, bi, hi, t0, n, k);
-    gather_rows<scalar_t>(p.v, T, H, N, bi, hi, t0, n, v);
-    gather_rows<scalar_t>(p.b, T, H, N, bi, hi, t0, n, b);
-    gather_rows<scalar_t>(p.a, T, H, N, bi, hi, t0, na, a);
-    for (int64_t i = 0; i < n * NV; ++i) store16(decay + 16 * i, exp16(-exp16(load16(decay + 16 * i))));
-    if (t0 == 0)
-      for (int j = 0; j < N; ++j)
-        for (int iv = 0; iv < NV; ++iv) sa[iv] += St[j * NV + iv] * a[j];
+    gather_heads<scalar_t>(p.r, T, H, N, bi, h0, nh, t0, n, r, rows);
+    gather_heads<scalar_t>(p.w, T, H, N, bi, h0, nh, t0, n, decay, rows);
+    gather_heads<scalar_t>(p.k, T, H, N, bi, h0, nh, t0, n, k, rows);
+    gather_heads<scalar_t>(p.v, T, H, N, bi, h0, nh, t0, n, v, rows);
+    gather_heads<scalar_t>(p.b, T, H, N, bi, h0, nh, t0, n, b, rows);
+    gather_heads<scalar_t>(p.a, T, H, N, bi, h0, nh, t0, na, a, rows);
 
-    for (int64_t t = 0; t < n; ++t) {
-      const float *rt = r + t * N, *dt = decay + t * N, *kt = k + t * N, *bt = b + t * N;
-      const float* an = a + std::min(t + 1, na - 1) * N;  // the next step's a (its own at the very end)
-      vec16 vv[NV], acc[NV] = {}, sa_next[NV] = {};
-      for (int iv = 0; iv < NV; ++iv) vv[iv] = load16(v + t * N + 16 * iv);
-      for (int j = 0; j < N; ++j)
+    for (int64_t h = 0; h < nh; ++h) {
+      vec16* St = &states[h * N * NV];
+      vec16* sa = &sa_all[h * NV];  // S a for the coming step
+      const int64_t o = h * rows * N;
+      float *rh = r + o, *dh = decay + o, *kh = k + o, *vh = v + o, *bh = b + o, *yh = y + o, *ah = a + o;
+      for (int64_t i = 0; i < n * NV; ++i) store16(dh + 16 * i, exp16(-exp16(load16(dh + 16 * i))));
+      if (t0 == 0)
+        for (int j = 0; j < N; ++j)
+          for (int iv = 0; iv < NV; ++iv) sa[iv] += St[j * NV + iv] * ah[j];
+
+      for (int64_t t = 0; t < n; ++t) {
+        const float *rt = rh + t * N, *dt = dh + t * N, *kt = kh + t * N, *bt = bh + t * N;
+        const float* an = ah + std::min(t + 1, na - 1) * N;  // the next step's a (its own at the very end)
+        vec16 vv[NV], acc[NV] = {}, sa_next[NV] = {};
+        for (int iv = 0; iv < NV; ++iv) vv[iv] = load16(vh + t * N + 16 * iv);
+        for (int j = 0; j < N; ++j)
+          for (int iv = 0; iv < NV; ++iv) {
+            const vec16 s = St[j * NV + iv] * dt[j] + sa[iv] * bt[j] + vv[iv] * kt[j];
+            St[j * NV + iv] = s;
+            acc[iv] += s * rt[j];
+            sa_next[iv] += s * an[j];
+          }
         for (int iv = 0; iv < NV; ++iv) {
-          const vec16 s = St[j * NV + iv] * dt[j] + sa[iv] * bt[j] + vv[iv] * kt[j];
-          St[j * NV + iv] = s;
-          acc[iv] += s * rt[j];
-          sa_next[iv] += s * an[j];
+          store16(yh + t * N + 16 * iv, acc[iv]);
+          sa[iv] = sa_next[iv];
         }
-      for (int iv = 0; iv < NV; ++iv) {
-        store16(y + t * N + 16 * iv, acc[iv]);
-        sa[iv] = sa_next[iv];
       }
     }
-    scatter_rows<scalar_t>(y, T, H, N, bi, hi, t0, n, p.y);
+    scatter_heads<scalar_t>(y, T, H, N, bi, h0, nh, t0, n, rows, p.y);
   }
 
-  if (p.state_out) store_state_fixed<NV>(St, p.state_out + (bi * p.H + hi) * N * N);
+  if (p.state_out)
+    for (int64_t h = 0; h < nh; ++h)
+      store_state_fixed<NV>(&states[h * N * NV], p.state_out + (bi * H + h0 + h) * N * N);
 }
 
 // Any head size: the same algorithm with runtime N and plain loops (the compiler vectorises the i loops).
@@ -135,9 +143,19 @@ void wkv7_head_generic(const Problem& p, int64_t bi, int64_t hi) {
 
 template <typename scalar_t>
 void wkv7_run(const Problem& p) {
-  run_heads<Problem>(p, {wkv7_head_fixed<scalar_t, 1>, wkv7_head_fixed<scalar_t, 2>,
-                         wkv7_head_fixed<scalar_t, 4>, wkv7_head_fixed<scalar_t, 8>,
-                         wkv7_head_generic<scalar_t>});
+  void (*group)(const Problem&, int64_t, int64_t, int64_t) = nullptr;
+  switch (p.N) {
+    case 16: group = wkv7_heads_fixed<scalar_t, 1>; break;
+    case 32: group = wkv7_heads_fixed<scalar_t, 2>; break;
+    case 64: group = wkv7_heads_fixed<scalar_t, 4>; break;
+    case 128: group = wkv7_heads_fixed<scalar_t, 8>; break;
+  }
+  if (group)
+    run_head_groups(p.B, p.H, [&](int64_t bi, int64_t h0, int64_t h1) { group(p, bi, h0, h1); });
+  else
+    at::parallel_for(0, p.B * p.H, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bh = begin; bh < end; ++bh) wkv7_head_generic<scalar_t>(p, bh / p.H, bh % p.H);
+    });
 }
 
 }  // namespace

@@ -47,27 +47,49 @@ inline void store_state_generic(const float* St, float* s1, int N) {
     for (int j = 0; j < N; ++j) s1[i * N + j] = St[j * N + i];
 }
 
-// Token blocks.  A head's rows of a (B, T, H, N) input lie H * N floats apart, so a step's six rows come
-// from six pages that the hardware prefetcher does not follow.  Each head first copies a block of kBlock
-// tokens of every input into contiguous float32 buffers (independent loads that the CPU overlaps; the
-// bfloat16 conversion happens in the same pass), runs the recurrence over them, and writes the block's
-// outputs back the same way.  16 tokens keep the buffers and a 64 x 64 state inside a 48-KB L1 cache.
+// Token blocks and head groups.  One head's rows of a (B, T, H, N) input lie H * N floats apart, so a
+// step's rows come from pages that the hardware prefetcher does not follow.  The fixed-size kernels
+// therefore take a group of adjacent heads of one batch row at a time and copy a block of kBlock tokens
+// of every input for the whole group into contiguous float32 buffers, head-major: each token's rows of
+// the group are one contiguous run in memory (the bfloat16 conversion happens in the same pass).  They
+// then run the recurrence head by head over the buffers (a head's state stays in L1 for its kBlock
+// steps) and write the outputs back the same way.
 constexpr int64_t kBlock = 16;
 
-// Rows t0 .. t0 + n - 1 of head (bi, hi) of a (B, T, H, N) tensor x -> dst (n x N float32).
+// Rows t0 .. t0 + n - 1 of heads h0 .. h0 + nh - 1 of batch row bi of x (B, T, H, N) -> dst, laid out
+// [head][row][N] with `rows` rows per head.
 template <typename scalar_t>
-inline void gather_rows(const void* x, int64_t T, int64_t H, int64_t N, int64_t bi, int64_t hi, int64_t t0,
-                        int64_t n, float* dst) {
-  const scalar_t* src = static_cast<const scalar_t*>(x) + ((bi * T + t0) * H + hi) * N;
-  for (int64_t t = 0; t < n; ++t) to_float(src + t * H * N, dst + t * N, static_cast<int>(N));
+inline void gather_heads(const void* x, int64_t T, int64_t H, int64_t N, int64_t bi, int64_t h0, int64_t nh,
+                         int64_t t0, int64_t n, float* dst, int64_t rows) {
+  const scalar_t* src = static_cast<const scalar_t*>(x) + ((bi * T + t0) * H + h0) * N;
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t h = 0; h < nh; ++h)
+      to_float(src + t * H * N + h * N, dst + (h * rows + t) * N, static_cast<int>(N));
 }
 
-// The inverse: src (n x N float32) -> rows t0 .. t0 + n - 1 of head (bi, hi) of y (B, T, H, N).
+// The inverse: src [head][row][N] (rows per head) -> rows t0 .. t0 + n - 1 of heads h0 .. of y.
 template <typename scalar_t>
-inline void scatter_rows(const float* src, int64_t T, int64_t H, int64_t N, int64_t bi, int64_t hi, int64_t t0,
-                         int64_t n, void* y) {
-  scalar_t* dst = static_cast<scalar_t*>(y) + ((bi * T + t0) * H + hi) * N;
-  for (int64_t t = 0; t < n; ++t) from_float(src + t * N, dst + t * H * N, static_cast<int>(N));
+inline void scatter_heads(const float* src, int64_t T, int64_t H, int64_t N, int64_t bi, int64_t h0, int64_t nh,
+                          int64_t t0, int64_t n, int64_t rows, void* y) {
+  scalar_t* dst = static_cast<scalar_t*>(y) + ((bi * T + t0) * H + h0) * N;
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t h = 0; h < nh; ++h)
+      from_float(src + (h * rows + t) * N, dst + t * H * N + h * N, static_cast<int>(N));
+}
+
+// Runs fn(bi, h0, h1) over head groups on torch's thread pool: about two groups per thread in all, each
+// a run of adjacent heads of one batch row.
+template <typename Fn>
+void run_head_groups(int64_t B, int64_t H, const Fn& fn) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t groups = std::min<int64_t>(H, std::max<int64_t>(1, (2 * threads + B - 1) / B));
+  const int64_t size = (H + groups - 1) / groups;
+  at::parallel_for(0, B * groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bi = task / groups, h0 = (task % groups) * size, h1 = std::min(H, h0 + size);
+      if (h0 < h1) fn(bi, h0, h1);
+    }
+  });
 }
 
 template <typename Problem>
