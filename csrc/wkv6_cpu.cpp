@@ -3,8 +3,8 @@
 // Per (batch, head) the state is an N x N float32 matrix S[i][j] (i = value row, j = key column):
 //     y_i = sum_j r_j S_ij + v_i * sum_j r_j u_j k_j;   S_ij = S_ij * decay_j + k_j * v_i
 //
-// The layout follows csrc/wkv7_cpu.cpp (see the reasons there): threads over batch x heads with
-// at::parallel_for, the state kept transposed (St[j][i]) so every update is a vector operation along i
+// The layout follows csrc/wkv7_cpu.cpp (see the reasons there): threads over groups of heads with
+// at::parallel_for, token blocks gathered per head group, the state kept transposed (St[j][i]) so every update is a vector operation along i
 // with j broadcast, 16-float vector extensions, head sizes 16/32/64/128 specialised, inputs float32 or
 // bfloat16 converted on load, a vectorisable exp for the decay exp(-exp(w)).
 
@@ -34,54 +34,65 @@ struct Problem {
   float* state_out;           // (B, H, N, N) or nullptr
 };
 
-// One (batch, head) with N = 16 * NV known at compile time.
+// Heads h0 .. h1 - 1 of batch row bi, with N = 16 * NV known at compile time.  Tokens come in blocks for
+// the whole head group (see kBlock in wkv_common.h); one pass over the state per step.
 template <typename scalar_t, int NV>
-void wkv6_head_fixed(const Problem& p, int64_t bi, int64_t hi) {
+void wkv6_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
   constexpr int N = 16 * NV;
-  // St[j * NV + iv] holds S[16 iv .. 16 iv + 15][j]: key column j, 16 value rows.
-  std::vector<vec16> St_buf(N * NV);
-  vec16* St = St_buf.data();
-  load_state_fixed<NV>(p.state_in ? p.state_in + (bi * p.H + hi) * N * N : nullptr, St);
+  constexpr int64_t rows = kBlock;
+  const int64_t nh = h1 - h0, T = p.T, H = p.H;
+  // States of the group: St[h][j * NV + iv] holds S[16 iv .. 16 iv + 15][j] of head h0 + h.
+  std::vector<vec16> states(nh * N * NV);
+  for (int64_t h = 0; h < nh; ++h)
+    load_state_fixed<NV>(p.state_in ? p.state_in + (bi * H + h0 + h) * N * N : nullptr, &states[h * N * NV]);
 
-  alignas(64) float r[N], k[N], v[N], decay[N], y[N];
-  const float* u = p.u + hi * N;
-  const scalar_t* R = static_cast<const scalar_t*>(p.r);
-  const scalar_t* K = static_cast<const scalar_t*>(p.k);
-  const scalar_t* V = static_cast<const scalar_t*>(p.v);
-  const scalar_t* W = static_cast<const scalar_t*>(p.w);
-  scalar_t* Y = static_cast<scalar_t*>(p.y);
+  std::vector<float> buf(5 * nh * rows * N);
+  float *r = buf.data(), *k = r + nh * rows * N, *v = k + nh * rows * N, *decay = v + nh * rows * N,
+        *y = decay + nh * rows * N;
 
-  for (int64_t t = 0; t < p.T; ++t) {
-    const int64_t off = ((bi * p.T + t) * p.H + hi) * N;
-    to_float(R + off, r, N);
-    to_float(K + off, k, N);
-    to_float(V + off, v, N);
-    to_float(W + off, decay, N);
-    for (int iv = 0; iv < NV; ++iv) store16(decay + 16 * iv, exp16(-exp16(load16(decay + 16 * iv))));
+  for (int64_t t0 = 0; t0 < T; t0 += kBlock) {
+    const int64_t n = std::min(kBlock, T - t0);
+    gather_heads<scalar_t>(p.r, T, H, N, bi, h0, nh, t0, n, r, rows);
+    gather_heads<scalar_t>(p.k, T, H, N, bi, h0, nh, t0, n, k, rows);
+    gather_heads<scalar_t>(p.v, T, H, N, bi, h0, nh, t0, n, v, rows);
+    gather_heads<scalar_t>(p.w, T, H, N, bi, h0, nh, t0, n, decay, rows);
 
-    // the bonus term: v_i * sum_j r_j u_j k_j
-    vec16 ruk16 = {};
-    for (int iv = 0; iv < NV; ++iv) ruk16 += load16(r + 16 * iv) * load16(u + 16 * iv) * load16(k + 16 * iv);
-    float ruk = 0.0f;
-    for (int l = 0; l < 16; ++l) ruk += ruk16[l];
+    for (int64_t h = 0; h < nh; ++h) {
+      vec16* St = &states[h * N * NV];
+      const float* u = p.u + (h0 + h) * N;
+      const int64_t o = h * rows * N;
+      const float *rh = r + o, *kh = k + o, *vh = v + o;
+      float *dh = decay + o, *yh = y + o;
+      for (int64_t i = 0; i < n * NV; ++i) store16(dh + 16 * i, exp16(-exp16(load16(dh + 16 * i))));
 
-    vec16 vv[NV], acc[NV];
-    for (int iv = 0; iv < NV; ++iv) {
-      vv[iv] = load16(v + 16 * iv);
-      acc[iv] = vv[iv] * ruk;
-    }
-    for (int j = 0; j < N; ++j) {
-      for (int iv = 0; iv < NV; ++iv) {
-        vec16 s = St[j * NV + iv];
-        acc[iv] += s * r[j];  // y uses the state before this step's update
-        St[j * NV + iv] = s * decay[j] + vv[iv] * k[j];
+      for (int64_t t = 0; t < n; ++t) {
+        const float *rt = rh + t * N, *kt = kh + t * N, *dt = dh + t * N;
+        // the bonus term: v_i * sum_j r_j u_j k_j
+        vec16 ruk16 = {};
+        for (int iv = 0; iv < NV; ++iv) ruk16 += load16(rt + 16 * iv) * load16(u + 16 * iv) * load16(kt + 16 * iv);
+        float ruk = 0.0f;
+        for (int l = 0; l < 16; ++l) ruk += ruk16[l];
+
+        vec16 vv[NV], acc[NV];
+        for (int iv = 0; iv < NV; ++iv) {
+          vv[iv] = load16(vh + t * N + 16 * iv);
+          acc[iv] = vv[iv] * ruk;
+        }
+        for (int j = 0; j < N; ++j)
+          for (int iv = 0; iv < NV; ++iv) {
+            const vec16 s = St[j * NV + iv];
+            acc[iv] += s * rt[j];  // y uses the state before this step's update
+            St[j * NV + iv] = s * dt[j] + vv[iv] * kt[j];
+          }
+        for (int iv = 0; iv < NV; ++iv) store16(yh + t * N + 16 * iv, acc[iv]);
       }
     }
-    for (int iv = 0; iv < NV; ++iv) store16(y + 16 * iv, acc[iv]);
-    from_float(y, Y + off, N);
+    scatter_heads<scalar_t>(y, T, H, N, bi, h0, nh, t0, n, rows, p.y);
   }
 
-  if (p.state_out) store_state_fixed<NV>(St, p.state_out + (bi * p.H + hi) * N * N);
+  if (p.state_out)
+    for (int64_t h = 0; h < nh; ++h)
+      store_state_fixed<NV>(&states[h * N * NV], p.state_out + (bi * H + h0 + h) * N * N);
 }
 
 // Any head size: the same algorithm with runtime N and plain loops.
@@ -120,9 +131,9 @@ void wkv6_head_generic(const Problem& p, int64_t bi, int64_t hi) {
 
 template <typename scalar_t>
 void wkv6_run(const Problem& p) {
-  run_heads<Problem>(p, {wkv6_head_fixed<scalar_t, 1>, wkv6_head_fixed<scalar_t, 2>,
-                         wkv6_head_fixed<scalar_t, 4>, wkv6_head_fixed<scalar_t, 8>,
-                         wkv6_head_generic<scalar_t>});
+  run_wkv<Problem>(p, {wkv6_heads_fixed<scalar_t, 1>, wkv6_heads_fixed<scalar_t, 2>,
+                       wkv6_heads_fixed<scalar_t, 4>, wkv6_heads_fixed<scalar_t, 8>},
+                   wkv6_head_generic<scalar_t>);
 }
 
 }  // namespace

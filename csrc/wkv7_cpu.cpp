@@ -143,19 +143,9 @@ void wkv7_head_generic(const Problem& p, int64_t bi, int64_t hi) {
 
 template <typename scalar_t>
 void wkv7_run(const Problem& p) {
-  void (*group)(const Problem&, int64_t, int64_t, int64_t) = nullptr;
-  switch (p.N) {
-    case 16: group = wkv7_heads_fixed<scalar_t, 1>; break;
-    case 32: group = wkv7_heads_fixed<scalar_t, 2>; break;
-    case 64: group = wkv7_heads_fixed<scalar_t, 4>; break;
-    case 128: group = wkv7_heads_fixed<scalar_t, 8>; break;
-  }
-  if (group)
-    run_head_groups(p.B, p.H, [&](int64_t bi, int64_t h0, int64_t h1) { group(p, bi, h0, h1); });
-  else
-    at::parallel_for(0, p.B * p.H, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t bh = begin; bh < end; ++bh) wkv7_head_generic<scalar_t>(p, bh / p.H, bh % p.H);
-    });
+  run_wkv<Problem>(p, {wkv7_heads_fixed<scalar_t, 1>, wkv7_heads_fixed<scalar_t, 2>,
+                       wkv7_heads_fixed<scalar_t, 4>, wkv7_heads_fixed<scalar_t, 8>},
+                   wkv7_head_generic<scalar_t>);
 }
 
 }  // namespace

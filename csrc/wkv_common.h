@@ -93,22 +93,27 @@ void run_head_groups(int64_t B, int64_t H, const Fn& fn) {
 }
 
 template <typename Problem>
+using GroupFn = void (*)(const Problem&, int64_t, int64_t, int64_t);
+template <typename Problem>
 using HeadFn = void (*)(const Problem&, int64_t, int64_t);
 
-// Runs one head function per (batch, head) on torch's thread pool (so torch.set_num_threads applies):
-// heads[0..3] are compiled for N = 16, 32, 64, 128, heads[4] takes any N.
+// Runs a kernel on torch's thread pool (so torch.set_num_threads applies): groups[0..3], compiled for
+// N = 16, 32, 64, 128, take head groups (run_head_groups); any other N runs `generic` per (batch, head).
 template <typename Problem>
-void run_heads(const Problem& p, const HeadFn<Problem> (&heads)[5]) {
-  HeadFn<Problem> head;
+void run_wkv(const Problem& p, const GroupFn<Problem> (&groups)[4], HeadFn<Problem> generic) {
+  GroupFn<Problem> group = nullptr;
   switch (p.N) {
-    case 16: head = heads[0]; break;
-    case 32: head = heads[1]; break;
-    case 64: head = heads[2]; break;
-    case 128: head = heads[3]; break;
-    default: head = heads[4];
+    case 16: group = groups[0]; break;
+    case 32: group = groups[1]; break;
+    case 64: group = groups[2]; break;
+    case 128: group = groups[3]; break;
+  }
+  if (group) {
+    run_head_groups(p.B, p.H, [&](int64_t bi, int64_t h0, int64_t h1) { group(p, bi, h0, h1); });
+    return;
   }
   at::parallel_for(0, p.B * p.H, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t bh = begin; bh < end; ++bh) head(p, bh / p.H, bh % p.H);
+    for (int64_t bh = begin; bh < end; ++bh) generic(p, bh / p.H, bh % p.H);
   });
 }
 
