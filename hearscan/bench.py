@@ -1,6 +1,6 @@
 """`hearscan bench ...`: benchmarks that print ratios measured side by side in one run.
 
-kernels -> csrc.bench (compiled vs reference scans);  models -> hear_modules.bench (audio-seconds per
+kernels -> csrc.bench (compiled vs reference scans);  ggml -> csrc.bench_ggml (our WKV kernels vs ggml's);  models -> hear_modules.bench (audio-seconds per
 second per backbone);  probe -> downstream.bench (10-seed linear probe vs heareval's runner);  extract ->
 feature_extract.bench (hearscan extract vs heareval's embeddings runner).
 `python -m hearscan.bench build-kernels` compiles every CPU kernel into the cache (used by `make setup`).
@@ -14,6 +14,7 @@ import sys
 
 TARGETS = {
     "kernels": "csrc.bench",
+    "ggml": "csrc.bench_ggml",
     "models": "hear_modules.bench",
     "probe": "downstream.bench",
     "extract": "feature_extract.bench",
@@ -21,7 +22,7 @@ TARGETS = {
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("bench", help="benchmarks (kernels, models, probe)")
+    parser = subparsers.add_parser("bench", help="benchmarks (kernels, ggml, models, probe, extract)")
     sub = parser.add_subparsers(dest="bench_target", metavar="TARGET")
     sub.required = True
     for name, module in TARGETS.items():

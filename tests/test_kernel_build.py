@@ -160,3 +160,59 @@ def test_bench_kernels_command(monkeypatch, capsys):
     row = doc["results"][0]["cases"][0]
     assert row["speedup"] > 0 and row["gflops"] > 0 and 0 < row["fraction_of_peak"]
     assert doc["cpu"]["fp32_peak_gflops_per_core"] > 0
+
+
+# --------------------------------------------------------------------------- hearscan bench ggml
+
+GGML_STDOUT = """Testing 1 devices
+Backend 1/1: CPU
+  Device description: Intel(R) Xeon(R) Processor
+  RWKV_WKV7(type=f32,head_count=2,head_size=64,n_seq_tokens=24,n_seqs=1):              1072 runs -   612.40 us/run -     7825 kB/run -    1.13 GB/s
+  RWKV_WKV7(type=f32,head_count=3,head_size=64,n_seq_tokens=16,n_seqs=2):               257 runs -  1893.78 us/run -    32768 kB/run -    2.63 GB/s
+  Backend CPU: OK
+"""
+
+
+def test_parse_ggml_output_wall_and_patched_cpu_times():
+    from csrc.bench_ggml import parse_ggml
+
+    rows = parse_ggml(GGML_STDOUT, "")
+    assert [(r["op"], r["B"], r["T"], r["H"], r["N"], r["wall_us"]) for r in rows] == [
+        ("RWKV_WKV7", 1, 24, 2, 64, 612.40), ("RWKV_WKV7", 2, 16, 3, 64, 1893.78)]
+    assert all("cpu_us" not in r for r in rows)
+    # a build patched to print process CPU time: one stderr line per case, after a warm-up line
+    stderr = "HS cpu us/run 1.0 wall us/run 1.0\nHS cpu us/run 700.5 wall us/run 650\nHS cpu us/run 2000 wall us/run 1900\n"
+    assert [r["cpu_us"] for r in parse_ggml(GGML_STDOUT, stderr)] == [700.5, 2000.0]
+
+
+def test_bench_ggml_command_runs_both_side_by_side(tmp_path, capsys):
+    """End to end against an executable that prints test-backend-ops' format (ggml itself is not built here)."""
+    import argparse
+
+    from csrc import bench_ggml
+
+    fake = tmp_path / "test-backend-ops"
+    fake.write_text("#!/bin/sh\n[ \"$1\" = perf ] && [ \"$HS_THREADS\" = 1 ] || exit 3\ncat <<'EOF'\n"
+                    + GGML_STDOUT.replace("RWKV_WKV7", "RWKV_WKV6") + "EOF\n")
+    fake.chmod(0o755)
+    parser = argparse.ArgumentParser()
+    bench_ggml.register(parser.add_subparsers())
+    args = parser.parse_args(["ggml", str(fake), "--ops", "RWKV_WKV6", "--rounds", "1"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("1 ")]
+    assert len(lines) == 2 and all("wall" in line and line.endswith("x") for line in lines)
+    assert "B=2 T=16 H=3 N=64" in out and "summary" in out
+
+
+def test_bench_ggml_rejects_a_missing_binary(tmp_path):
+    import argparse
+
+    from csrc import bench_ggml
+    from hearscan.errors import UserFacingError
+
+    parser = argparse.ArgumentParser()
+    bench_ggml.register(parser.add_subparsers())
+    args = parser.parse_args(["ggml", str(tmp_path / "nope")])
+    with pytest.raises(UserFacingError, match="test-backend-ops"):
+        args.func(args)

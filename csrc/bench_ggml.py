@@ -1,0 +1,124 @@
+"""`hearscan bench ggml TEST_BACKEND_OPS`: hearscan's WKV kernels against ggml's, side by side in one run.
+
+ggml (the tensor library behind llama.cpp) has the only other CPU kernels for RWKV-6 and RWKV-7's WKV
+scan.  Its `test-backend-ops perf -o RWKV_WKV7 -b CPU` times them at its own shapes; this command runs it
+(you build ggml yourself: `cmake -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -t
+test-backend-ops`), times hearscan's compiled kernel at the same shapes, alternating, and prints the ratio.
+
+Timing basis: ggml reports wall microseconds per run with its own thread count (all cores, unless the
+binary reads $HS_THREADS, which this command sets to --threads), so hearscan's kernel is timed in wall
+time with the same number of torch threads (median of repeated calls).  Run it on a quiet machine.  A
+ggml build patched to print "HS cpu us/run X" on stderr (process CPU time per run) is compared in CPU
+time instead, which stays fair on a shared machine.
+
+ggml's WKV-7 receives the decay itself, while hearscan's computes exp(-exp(w)) inside; the comparison
+therefore slightly favours ggml.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+OPS = {"RWKV_WKV7": "wkv7", "RWKV_WKV6": "wkv6"}
+_SHAPE = r"(RWKV_WKV[67])\(type=f32,head_count=(\d+),head_size=(\d+),n_seq_tokens=(\d+),n_seqs=(\d+)\)"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "ggml",
+        help="hearscan's WKV-6/WKV-7 kernels against ggml's CPU kernels (needs a ggml test-backend-ops build)",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument("binary", help="path of ggml's test-backend-ops executable")
+    parser.add_argument("--threads", type=int, default=1, help="threads for both (default 1)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (default 2)")
+    parser.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
+    parser.set_defaults(func=run)
+
+
+def parse_ggml(stdout: str, stderr: str) -> list[dict]:
+    """Shapes and times from `test-backend-ops perf` output (stdout and stderr kept apart)."""
+    rows = []
+    for m in re.finditer(_SHAPE + r":\s*(\d+) runs -\s*([\d.]+) us/run", stdout):
+        op, heads, size, tokens, seqs = m[1], int(m[2]), int(m[3]), int(m[4]), int(m[5])
+        rows.append({"op": op, "H": heads, "N": size, "T": tokens, "B": seqs, "wall_us": float(m[7])})
+    cpu = [float(v) for v in re.findall(r"HS cpu us/run ([\d.]+)", stderr)]
+    if rows and len(cpu) >= len(rows):  # patched build: one CPU line per case (a warm-up line may come first)
+        for row, us in zip(rows, cpu[-len(rows):]):
+            row["cpu_us"] = us
+    return rows
+
+
+def run_ggml(binary: str, op: str, threads: int) -> list[dict]:
+    from hearscan.errors import UserFacingError
+
+    env = {**os.environ, "HS_THREADS": str(threads)}
+    proc = subprocess.run([binary, "perf", "-o", op, "-b", "CPU"], capture_output=True, text=True, env=env)
+    rows = parse_ggml(proc.stdout, proc.stderr)
+    if proc.returncode != 0 or not rows:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+        raise UserFacingError(f"{binary} perf -o {op} gave no timings (exit {proc.returncode}); its output ends:\n"
+                              + "\n".join(tail))
+    return rows
+
+
+def time_ours(op: str, row: dict, threads: int, cpu_time: bool, reps: int = 20) -> float:
+    """Median microseconds per call of hearscan's compiled kernel at ggml's shape."""
+    import importlib
+
+    import torch
+
+    module = importlib.import_module(f"csrc.{op}")
+    fn = getattr(module, op)
+    kwargs = module._bench_inputs(row["B"], row["T"], row["H"], row["N"], torch.float32)
+    torch.set_num_threads(threads)
+    fn(**kwargs, backend="compiled")
+    clock = time.process_time if cpu_time else time.perf_counter
+    times = []
+    for _ in range(reps):
+        t0 = clock()
+        fn(**kwargs, backend="compiled")
+        times.append(clock() - t0)
+    return statistics.median(times) * 1e6
+
+
+def run(args) -> int:
+    from hearscan.errors import UserFacingError
+
+    binary = str(Path(args.binary).expanduser())
+    if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+        raise UserFacingError(f"{binary} is not an executable file; pass the path of ggml's test-backend-ops "
+                              "(build it with: cmake --build build -t test-backend-ops)")
+    if args.threads < 1 or args.rounds < 1:
+        raise UserFacingError("--threads and --rounds must be at least 1")
+    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    unknown = [o for o in ops if o not in OPS]
+    if unknown:
+        raise UserFacingError(f"unknown op(s) {', '.join(unknown)}; choose from {', '.join(OPS)}")
+    print(f"hearscan vs ggml ({binary}), {args.threads} thread(s), {args.rounds} alternating round(s)")
+    print(f"{'round':<6}{'op':<11}{'shape':<26}{'basis':<7}{'ggml us':>11}{'hearscan us':>13}{'hearscan faster':>17}")
+    ratios: dict[tuple, list[float]] = {}
+    for rnd in range(1, args.rounds + 1):
+        for op in ops:
+            for row in run_ggml(binary, op, args.threads):
+                cpu_time = "cpu_us" in row
+                theirs = row["cpu_us"] if cpu_time else row["wall_us"]
+                ours = time_ours(OPS[op], row, args.threads, cpu_time)
+                shape = f"B={row['B']} T={row['T']} H={row['H']} N={row['N']}"
+                ratios.setdefault((op, shape), []).append(theirs / ours)
+                print(f"{rnd:<6}{op:<11}{shape:<26}{'cpu' if cpu_time else 'wall':<7}{theirs:>11,.0f}{ours:>13,.0f}"
+                      f"{theirs / ours:>16.2f}x", flush=True)
+    print("summary (ggml time / hearscan time, over rounds):")
+    for (op, shape), rs in ratios.items():
+        print(f"  {op:<11}{shape:<26}{min(rs):.2f}-{max(rs):.2f}x")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use: hearscan bench ggml PATH/test-backend-ops")
