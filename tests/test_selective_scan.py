@@ -1,7 +1,7 @@
 """The compiled selective scan equals its reference recurrence (csrc/selective_scan.py).
 
 Tolerances, per dtype (the kernel and the reference both compute in float32 from the same inputs):
-- float32: rtol 1e-4, atol 1e-4 (outputs reach ~200 here; the observed max error is ~1.4e-7 * max|y|:
+- float32: rtol 1e-4, atol 1e-4 (outputs reach ~200 here; the observed max error is ~1-2e-7 * max|y|:
   the kernel's exp/softplus are polynomial approximations accurate to ~1e-7); state rtol/atol 1e-4.
 - bfloat16: outputs are rounded to bfloat16 once, so they may differ by one bfloat16 ulp
   (2^-8 relative): rtol 1e-2, atol 1e-2; the float32 state as for float32.
