@@ -4,8 +4,9 @@
 //     sa_i = sum_j a_j S_ij;   S_ij = S_ij * decay_j + sa_i * b_j + v_i * k_j;   y_i = sum_j S_ij r_j
 //
 // Why it is laid out this way:
-// - Work is split over batch x heads with at::parallel_for (torch's own thread pool, so
-//   torch.set_num_threads applies and no second OpenMP runtime is started).
+// - Work is split over groups of adjacent heads of one batch row with at::parallel_for (torch's own
+//   thread pool, so torch.set_num_threads applies and no second OpenMP runtime is started); each group
+//   reads blocks of 16 tokens of all its heads as contiguous runs (kBlock in wkv_common.h).
 // - Inside a head the state is kept transposed, St[j][i], so that every operation runs along i with
 //   j as a broadcast scalar: sa and y become vector accumulations (no horizontal sums) and each
 //   key column j is one contiguous row of N floats = N/16 AVX-512 registers.
@@ -13,7 +14,7 @@
 //   become AVX-512 (or pairs of AVX2) instructions, and -ffp-contract=fast fuses the multiply-adds.
 // - Common head sizes (16, 32, 64, 128) are compiled with N known at compile time, so the i loop is
 //   fully unrolled and sa, y, v stay in registers; other sizes take a plain scalar-loop path.
-// - Inputs are float32 or bfloat16 and are converted to float32 when a token's rows are loaded; the
+// - Inputs are float32 or bfloat16 and are converted to float32 when a block's rows are gathered; the
 //   output is written in the input dtype.  The decay exp(-exp(w)) uses a vectorisable exp (csrc/simd.h)
 //   because a libm call per element would cost more than the state update itself.
 
