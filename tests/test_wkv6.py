@@ -15,6 +15,7 @@ from _kernel_helpers import (
     WKV_TOL as TOL,
     assert_empty_sequence_keeps_the_state,
     assert_wkv_compiled_equals_reference,
+    assert_wkv_head_groups_equal_reference,
     assert_wkv_long_sequence,
     run_in_chunks,
 )
@@ -53,6 +54,10 @@ SHAPES = [
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"B{b}T{t}H{h}N{n}" for b, t, h, n in SHAPES])
 def test_compiled_equals_reference(shape, dtype):
     assert_wkv_compiled_equals_reference(csrc.wkv6, _inputs(*shape, dtype=dtype), shape, dtype)
+
+
+def test_head_groups_with_uneven_sizes_and_thread_counts():
+    assert_wkv_head_groups_equal_reference(csrc.wkv6, lambda B, T, H, N: _inputs(B, T, H, N))
 
 
 def test_bfloat16_bonus_is_accepted():
