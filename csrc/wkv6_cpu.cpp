@@ -4,9 +4,10 @@
 //     y_i = sum_j r_j S_ij + v_i * sum_j r_j u_j k_j;   S_ij = S_ij * decay_j + k_j * v_i
 //
 // The layout follows csrc/wkv7_cpu.cpp (see the reasons there): threads over groups of heads with
-// at::parallel_for, token blocks gathered per head group, the state kept transposed (St[j][i]) so every update is a vector operation along i
-// with j broadcast, 16-float vector extensions, head sizes 16/32/64/128 specialised, inputs float32 or
-// bfloat16 converted on load, a vectorisable exp for the decay exp(-exp(w)).
+// at::parallel_for, token blocks gathered per head group, the state kept transposed (St[j][i]) so every
+// update is a vector operation along i with j broadcast, 16-float vector extensions, head sizes
+// 16/32/64/128 specialised, inputs float32 or bfloat16 converted when gathered, a vectorisable exp for
+// the decay exp(-exp(w)).
 
 // Narrow includes instead of <torch/extension.h>: the build takes half the time.
 #include <ATen/core/Tensor.h>

@@ -81,6 +81,7 @@ inline void scatter_heads(const float* src, int64_t T, int64_t H, int64_t N, int
 // a run of adjacent heads of one batch row.
 template <typename Fn>
 void run_head_groups(int64_t B, int64_t H, const Fn& fn) {
+  if (B <= 0 || H <= 0) return;
   const int64_t threads = at::get_num_threads();
   const int64_t groups = std::min<int64_t>(H, std::max<int64_t>(1, (2 * threads + B - 1) / B));
   const int64_t size = (H + groups - 1) / groups;
