@@ -59,7 +59,8 @@ inline vec16 exp2_poly(vec16 f) {
 
 #if defined(__AVX512F__)
 inline vec16 exp2_vec(vec16 x) {
-  const __m512 v = _mm512_max_ps(reinterpret_cast<const __m512&>(x), _mm512_set1_ps(-126.0f));
+  // vmaxps returns its second operand when either is NaN: x goes second so that NaN propagates
+  const __m512 v = _mm512_max_ps(_mm512_set1_ps(-126.0f), reinterpret_cast<const __m512&>(x));
   const __m512 n = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const vec16 p = exp2_poly(reinterpret_cast<const vec16&>(v) - reinterpret_cast<const vec16&>(n));
   const __m512 r = _mm512_scalef_ps(reinterpret_cast<const __m512&>(p), n);

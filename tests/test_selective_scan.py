@@ -91,6 +91,18 @@ def test_aum_shape_float32():
 
 
 @needs_kernel
+@pytest.mark.parametrize("d_state", [16, 5], ids=["dstate16", "dstate5"])
+def test_nan_propagates_like_the_reference(d_state):
+    """A NaN in A or delta must reach the same outputs as in the reference, not be clamped into a decay."""
+    kw = make_inputs(1, 20, d_state, 33, seed=4)
+    kw["A"][3, 2] = float("nan")
+    kw["delta"][0, 11, 7] = float("nan")
+    y, y_ref = run_both(kw)
+    assert torch.isnan(y_ref).any()
+    assert torch.equal(torch.isnan(y), torch.isnan(y_ref))
+
+
+@needs_kernel
 def test_long_sequence():
     """T = 8192 (few channels to bound the reference's cost); the state must not drift."""
     kw = make_inputs(1, 3, 16, 8192, seed=2)
