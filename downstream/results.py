@@ -269,8 +269,15 @@ def seeds_csv(runs: list[Run]) -> str:
     return buf.getvalue()
 
 
+def short_label(module: str) -> str:
+    """A module tag as a plot label: 'hear_modules.aum-size=tiny-variant=fobi' -> 'aum tiny fobi'."""
+    name, *options = module.removeprefix("hear_modules.").split("-")
+    return " ".join([name] + [o.partition("=")[2] or o for o in options])
+
+
 def plot(rows: list[dict], protocol: str, path: Path) -> None:
-    """One panel per task, one bar per module (mean, 95 % CI error bar), chance as a dashed line."""
+    """One panel per task, one bar per module (mean, 95 % CI error bar, "n/a" where a module has no score
+    for the task), chance as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -289,17 +296,20 @@ def plot(rows: list[dict], protocol: str, path: Path) -> None:
         means = [task_rows[m]["mean"] if m in task_rows else np.nan for m in modules]
         errs = [np.nan_to_num(task_rows[m]["ci95"]) if m in task_rows else 0 for m in modules]
         ax.bar(xs, means, yerr=errs, capsize=4, color=[colors[i % len(colors)] for i in range(len(modules))])
+        for x, m in zip(xs, modules):
+            if m not in task_rows:
+                ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=7, color="grey")
         chance = next(iter(task_rows.values()))["chance"]
         if not math.isnan(chance):
-            ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
-            ax.legend(fontsize=7, loc="lower right")
+            ax.axhline(chance, color="grey", linestyle="--", linewidth=1)
         ax.set_xticks(xs)
-        ax.set_xticklabels(modules, rotation=30, ha="right", fontsize=8)
+        ax.set_xticklabels([short_label(m) for m in modules], rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{task}\n{next(iter(task_rows.values()))['metric']}", fontsize=9)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
     n = sorted({r["n"] for r in rows})
-    fig.suptitle(f"{protocol}: mean ± 95 % CI over {'/'.join(map(str, n))} seeds", fontsize=10)
+    fig.suptitle(f"{protocol}: mean ± 95 % CI over {'/'.join(map(str, n))} seeds; dashed line: chance "
+                 "(train label prior)", fontsize=10)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=110)

@@ -121,3 +121,11 @@ def test_probe_then_results_end_to_end(tmp_path):
     (row,) = json.loads((tmp_path / "res" / "summary.json").read_text())
     assert (row["protocol"], row["module"], row["task"], row["n"]) == ("linear", "modX", "tiny", 3)
     assert row["mean"] > row["chance"] and row["normalised"] == pytest.approx(1.0)
+
+
+def test_plot_labels_are_short_module_names():
+    from downstream.results import short_label
+
+    assert short_label("hear_modules.aum-size=tiny-variant=fobi") == "aum tiny fobi"
+    assert short_label("hear_modules.logmel") == "logmel"
+    assert short_label("my_pkg.model") == "my_pkg.model"
