@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import pickle
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,7 +104,13 @@ def find_task_dirs(paths: list[str | Path]) -> list[Path]:
             found.append(p)
             continue
         below = sorted({d.parent for d in p.glob("*/task_metadata.json")} | {d.parent for d in p.glob("*/*/task_metadata.json")})
-        below = [d for d in below if is_task_dir(d)]
+        # hidden folders are unfinished work: `hearscan extract` writes a task into `.partial-<task>` and
+        # renames it only when it is complete
+        unfinished = [d for d in below if any(part.startswith(".") for part in d.relative_to(p).parts)]
+        for d in unfinished:
+            print(f"hearscan: skipping {d}: an unfinished extraction (resume it with `hearscan extract`)",
+                  file=sys.stderr)
+        below = [d for d in below if d not in unfinished and is_task_dir(d)]
         if not below:
             raise UserFacingError(
                 f"{p}: holds no task embedding directory (a folder with task_metadata.json and "

@@ -107,3 +107,17 @@ def test_cli_reports_without_traceback(scene, tmp_path, capsys):
 def test_not_an_embeddings_folder(tmp_path, capsys):
     assert main(["probe", str(tmp_path), "--seeds", "0", "--out", str(tmp_path / "o")]) == 2
     assert "no task embedding directory" in capsys.readouterr().err
+
+
+def test_unfinished_extraction_is_skipped_with_a_note(tmp_path, capsys):
+    """`hearscan extract` writes a task into `.partial-<task>` until it is complete: a probe over the module
+    folder must skip it (saying so), not fail on its missing files or score half a task."""
+    from downstream.embeddings import find_task_dirs
+
+    done = write_synthetic_task(tmp_path, "done_task", n_per_split=4, dim=4)  # tmp_path/<module>/done_task
+    partial = write_synthetic_task(tmp_path, ".partial-half_task", n_per_split=4, dim=4)
+    module = done.parent
+    (partial / "test.embedding-dimensions.json").unlink()
+    assert find_task_dirs([tmp_path]) == [done.resolve()]
+    assert find_task_dirs([module]) == [done.resolve()]
+    assert ".partial-half_task" in capsys.readouterr().err
