@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import os
 import re
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 OPS = {"RWKV_WKV7": "wkv7", "RWKV_WKV6": "wkv6"}
@@ -68,24 +66,20 @@ def run_ggml(binary: str, op: str, threads: int) -> list[dict]:
     return rows
 
 
-def time_ours(op: str, row: dict, threads: int, cpu_time: bool, reps: int = 20) -> float:
-    """Median microseconds per call of hearscan's compiled kernel at ggml's shape."""
+def time_ours(op: str, row: dict, threads: int, cpu_time: bool) -> float:
+    """Median microseconds per call of hearscan's compiled kernel at ggml's shape (csrc.bench's timer)."""
     import importlib
 
     import torch
+
+    from csrc.bench import _time_call
 
     module = importlib.import_module(f"csrc.{op}")
     fn = getattr(module, op)
     kwargs = module._bench_inputs(row["B"], row["T"], row["H"], row["N"], torch.float32)
     torch.set_num_threads(threads)
-    fn(**kwargs, backend="compiled")
-    clock = time.process_time if cpu_time else time.perf_counter
-    times = []
-    for _ in range(reps):
-        t0 = clock()
-        fn(**kwargs, backend="compiled")
-        times.append(clock() - t0)
-    return statistics.median(times) * 1e6
+    wall, cpu = _time_call(lambda: fn(**kwargs, backend="compiled"), min_time=0.3)
+    return (cpu if cpu_time else wall) * 1e6
 
 
 def run(args) -> int:

@@ -56,8 +56,7 @@ void wkv7_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
   const int64_t nh = h1 - h0, T = p.T, H = p.H;
   // States of the group: St[h][j * NV + iv] holds S[16 iv .. 16 iv + 15][j] of head h0 + h.
   std::vector<vec16> states(nh * N * NV), sa_all(nh * NV, splat16(0.0f));
-  for (int64_t h = 0; h < nh; ++h)
-    load_state_fixed<NV>(p.state_in ? p.state_in + (bi * H + h0 + h) * N * N : nullptr, &states[h * N * NV]);
+  load_group_states<NV>(p.state_in, H, bi, h0, nh, states.data());
 
   std::vector<float> buf(7 * nh * rows * N);
   float *r = buf.data(), *decay = r + nh * rows * N, *k = decay + nh * rows * N, *v = k + nh * rows * N,
@@ -103,9 +102,7 @@ void wkv7_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
     scatter_heads<scalar_t>(y, T, H, N, bi, h0, nh, t0, n, rows, p.y);
   }
 
-  if (p.state_out)
-    for (int64_t h = 0; h < nh; ++h)
-      store_state_fixed<NV>(&states[h * N * NV], p.state_out + (bi * H + h0 + h) * N * N);
+  if (p.state_out) store_group_states<NV>(states.data(), H, bi, h0, nh, p.state_out);
 }
 
 // Any head size: the same algorithm with runtime N and plain loops (the compiler vectorises the i loops).

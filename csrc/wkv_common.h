@@ -36,6 +36,21 @@ inline void store_state_fixed(const vec16* St, float* s1) {
       for (int l = 0; l < 16; ++l) s1[(16 * iv + l) * N + j] = St[j * NV + iv][l];
 }
 
+// The states of heads h0 .. h0 + nh - 1 of batch row bi, one after the other (N * NV vectors each), from
+// the (B, H, N, N) state s0 (nullptr for zeros), and back to s1.
+template <int NV>
+inline void load_group_states(const float* s0, int64_t H, int64_t bi, int64_t h0, int64_t nh, vec16* St) {
+  constexpr int N = 16 * NV;
+  for (int64_t h = 0; h < nh; ++h)
+    load_state_fixed<NV>(s0 ? s0 + (bi * H + h0 + h) * N * N : nullptr, St + h * N * NV);
+}
+
+template <int NV>
+inline void store_group_states(const vec16* St, int64_t H, int64_t bi, int64_t h0, int64_t nh, float* s1) {
+  constexpr int N = 16 * NV;
+  for (int64_t h = 0; h < nh; ++h) store_state_fixed<NV>(St + h * N * NV, s1 + (bi * H + h0 + h) * N * N);
+}
+
 // Any head size: St[j * N + i] = S[i][j].
 inline void load_state_generic(const float* s0, float* St, int N) {
   for (int i = 0; i < N; ++i)
