@@ -35,8 +35,10 @@ HERE = Path(__file__).resolve().parent
 BACKENDS = ("auto", "compiled", "reference")
 OPS = ("wkv7", "wkv6", "selective_scan", "mlstm")
 _ENV = "HEARSCAN_SCAN_BACKEND"
-CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-ffp-contract=fast"]
-LDFLAGS = ["-fopenmp"]
+# Tuples: torch.utils.cpp_extension.load appends its own libraries to the lists it is given, which would
+# change every build key computed later in the same process.
+CFLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-ffp-contract=fast")
+LDFLAGS = ("-fopenmp",)
 _lock = threading.Lock()
 _loaded: dict[str, object] = {}
 _failed: dict[str, str] = {}
@@ -199,8 +201,8 @@ def _compile(op: str, name: str, directory: Path):
         module = cpp_extension.load(
             name=name,
             sources=[str(s) for s in sources(op)],
-            extra_cflags=CFLAGS,
-            extra_ldflags=LDFLAGS,
+            extra_cflags=list(CFLAGS),
+            extra_ldflags=list(LDFLAGS),
             build_directory=str(directory),
             verbose=os.environ.get("HEARSCAN_BUILD_VERBOSE") == "1",
         )

@@ -37,6 +37,24 @@ def test_second_load_reuses_the_build():
     assert libs[0].stat().st_mtime_ns == mtime
 
 
+def test_compiling_leaves_the_build_keys_alone(tmp_path, monkeypatch, fresh_build_state):
+    """torch.utils.cpp_extension.load appends its libraries to the flag lists it is given; if those were
+    ours, every key computed afterwards in the process would change (a later kernel then builds under a
+    key no new process looks for, and compiles again).  The stand-in mutates its arguments as torch does."""
+    from torch.utils import cpp_extension
+
+    def load(name, sources, extra_cflags, extra_ldflags, build_directory, verbose):
+        extra_cflags.append("-DADDED_BY_TORCH")
+        extra_ldflags += ["-ltorch", "-lc10"]
+        return object()
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    monkeypatch.setenv("HEARSCAN_CACHE_DIR", str(tmp_path))
+    keys = {op: _build.build_key(op) for op in ("wkv7", "wkv6")}
+    _build._compile("wkv7", "hearscan_wkv7_test", tmp_path / "wkv7")
+    assert {op: _build.build_key(op) for op in ("wkv7", "wkv6")} == keys
+
+
 def test_key_changes_with_source_and_flags(tmp_path, monkeypatch):
     shutil.copy(_build.HERE / "wkv7_cpu.cpp", tmp_path / "wkv7_cpu.cpp")
     monkeypatch.setattr(_build, "HERE", tmp_path)
@@ -46,7 +64,7 @@ def test_key_changes_with_source_and_flags(tmp_path, monkeypatch):
         f.write("\n// changed\n")
     changed = _build.build_key("wkv7")
     assert changed != key
-    monkeypatch.setattr(_build, "CFLAGS", _build.CFLAGS + ["-DEXTRA"])
+    monkeypatch.setattr(_build, "CFLAGS", _build.CFLAGS + ("-DEXTRA",))
     assert _build.build_key("wkv7") != changed
     assert torch.__version__ in _build.key_info("wkv7")
 
