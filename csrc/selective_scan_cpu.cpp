@@ -8,10 +8,10 @@
 // Layout of the work: one task = one batch row x a block of CB = 16 channels (one AVX-512 vector of
 // fp32).  Vectorising over channels, not over d_state, keeps the y reduction lane-wise (no horizontal
 // sum per step) and gives d_state independent dependency chains per step.  Time is processed in
-// segments of TS steps: a prologue transposes dt and dt*u of the segment into (TS, CB) tiles, the scan
-// runs over the tiles, an epilogue adds D*u, applies the z gate and writes the (B, D, L) output.
-// All loops over the CB lanes are plain `omp simd` loops with branch-free math so that -O3
-// -march=native vectorises them (AVX-512: one instruction per 16 lanes, AVX2: two).
+// segments of TS steps: a prologue computes dt and dt*u of the segment along time and transposes them
+// into (TS, CB) tiles, the scan runs over the tiles, an epilogue transposes y back, adds D*u, applies the
+// z gate and writes the (B, D, L) output.  All of it is vec16 code (AVX-512: one instruction per 16
+// lanes, AVX2: two): 16 channels per step in the scan, 16 steps of one channel around it.
 //
 // The Python binding passes B and C already transposed to (B, L, N) float32, A, D and delta_bias as
 // float32, and u, delta, z contiguous in one dtype (float32 or bfloat16).  State is float32.
@@ -20,15 +20,12 @@
 
 #include <ATen/Parallel.h>
 
-#include <immintrin.h>
-
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
-#include <cstring>
+#include <type_traits>
 #include <vector>
 
-#include "simd.h"  // vec16, splat16/load16, exp_fast
+#include "simd.h"  // vec16, splat16/load16/store16, exp2_vec (and <immintrin.h> with AVX-512)
 
 namespace {
 
@@ -39,53 +36,31 @@ constexpr int64_t TS = 64;  // time steps per tile segment: tiles stay in L1
 
 // The scan step works on CB = 16 channels at once in GCC/Clang vector types (vec16 from csrc/simd.h):
 // one AVX-512 register (two AVX2 ones), so the code generation does not depend on the auto-vectoriser's
-// mood.  The scalar exp_fast (csrc/simd.h, clamped: -inf gives ~1e-38) serves softplus and silu.
+// mood.
 static_assert(CB == 16, "one task is one vec16 of channels");
 
-// 2^x on CB lanes, for the decays exp(dt A) = 2^(dt A log2 e) as in mamba's CUDA kernel: x = n + f with
-// n = round(x), |f| <= 1/2, 2^f by a degree-5 polynomial fitted for least maximum relative error (9e-8;
-// 1.9e-7 evaluated in float32), scaled by 2^n.  This is the hot spot of the scan (one call per channel,
-// state and step), so with AVX-512 the rounding and the scaling are single instructions (vrndscaleps,
-// vscalefps): 9 operations in all.  x is clamped below at -126, so results under ~1e-38 come out as
-// ~1e-38 rather than as denormals; above, 2^x overflows to inf like exp itself.
-inline vec16 exp2_poly(vec16 f) {
-  vec16 p = splat16(1.32647271e-3f);
-  p = p * f + 9.67151286e-3f;
-  p = p * f + 5.55073375e-2f;
-  p = p * f + 2.40222421e-1f;
-  p = p * f + 6.93146978e-1f;
-  return p * f + 1.0f;
+// The prologue's softplus and the epilogue's silu work on 16 time steps of one channel.  Each needs one
+// division; vdivps on 16 lanes is a slow
+// instruction (up to 16 cycles), and as scalar-loop code the two took a third of the kernel.  With
+// AVX-512 a / b is a * rcp14(b) refined by one Newton step (within 2 ulp).
+inline vec16 div16(vec16 a, vec16 b) {
+#if defined(__AVX512F__)
+  const __m512 r0 = _mm512_rcp14_ps(reinterpret_cast<const __m512&>(b));
+  const vec16 r = reinterpret_cast<const vec16&>(r0);
+  return a * (r * (2.0f - b * r));
+#else
+  return a / b;
+#endif
 }
 
-#if defined(__AVX512F__)
-inline vec16 exp2_vec(vec16 x) {
-  // vmaxps returns its second operand when either is NaN: x goes second so that NaN propagates
-  const __m512 v = _mm512_max_ps(_mm512_set1_ps(-126.0f), reinterpret_cast<const __m512&>(x));
-  const __m512 n = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const vec16 p = exp2_poly(reinterpret_cast<const vec16&>(v) - reinterpret_cast<const vec16&>(n));
-  const __m512 r = _mm512_scalef_ps(reinterpret_cast<const __m512&>(p), n);
-  return reinterpret_cast<const vec16&>(r);
-}
-#else
-// Without AVX-512: round with the 1.5 * 2^23 trick and apply 2^n by adding n to the exponent bits of p
-// (x also clamped above at 127 to keep that addition valid).
-inline vec16 exp2_vec(vec16 x) {
-  x = x < splat16(-126.0f) ? splat16(-126.0f) : x;
-  x = x > splat16(127.0f) ? splat16(127.0f) : x;
-  const vec16 shifted = x + 12582912.0f;   // 1.5 * 2^23: n = round(x) sits in the low mantissa bits
-  const vec16 p = exp2_poly(x - (shifted - 12582912.0f));
-  const ivec16 n_bits = reinterpret_cast<const ivec16&>(shifted) << 23;  // n << 23 (mod 2^32)
-  const ivec16 r = reinterpret_cast<const ivec16&>(p) + n_bits;
-  return reinterpret_cast<const vec16&>(r);
-}
-#endif
+inline vec16 exp_vec(vec16 x) { return exp2_vec(x * 1.44269504088896341f); }
 
 // log(1 + y) for y in [0, 1] as 2 atanh(s), s = y / (2 + y) <= 1/3: the odd series to s^15 is
 // accurate to float precision and keeps full relative precision for tiny y.
-inline float log1p_unit(float y) {
-  const float s = y / (2.0f + y);
-  const float s2 = s * s;
-  float p = 1.0f / 15.0f;
+inline vec16 log1p_unit16(vec16 y) {
+  const vec16 s = div16(y, 2.0f + y);
+  const vec16 s2 = s * s;
+  vec16 p = splat16(1.0f / 15.0f);
   p = p * s2 + 1.0f / 13.0f;
   p = p * s2 + 1.0f / 11.0f;
   p = p * s2 + 1.0f / 9.0f;
@@ -96,13 +71,37 @@ inline float log1p_unit(float y) {
   return 2.0f * s * p;
 }
 
-// torch.nn.functional.softplus (beta 1, threshold 20), in the overflow-free form max(x,0)+log1p(e^-|x|).
-inline float softplus(float x) {
-  const float sp = std::max(x, 0.0f) + log1p_unit(exp_fast(-std::fabs(x)));
+// torch.nn.functional.softplus (beta 1, threshold 20), in the overflow-free form max(x,0)+log1p(e^-|x|);
+// NaN stays NaN.
+inline vec16 softplus16(vec16 x) {
+  const vec16 abs_x = x < 0.0f ? -x : x;
+  const vec16 sp = (x > 0.0f ? x : splat16(0.0f)) + log1p_unit16(exp_vec(-abs_x));
   return x > 20.0f ? x : sp;
 }
 
-inline float silu(float x) { return x / (1.0f + exp_fast(-x)); }
+// x sigmoid(x); e^-x is capped at e^80 so that 1 + e^-x stays finite (x < -80 gives ~x e^-80, not 0).
+inline vec16 silu16(vec16 x) {
+  const vec16 neg = -x;
+  return div16(x, 1.0f + exp_vec(neg < 80.0f ? neg : splat16(80.0f)));
+}
+
+// n <= 16 consecutive values of one channel as float32 lanes (zero-padded), and back.  Through a float
+// buffer and whole-vector loads and stores: setting lanes one by one goes through the stack and stalls.
+template <typename scalar_t>
+inline vec16 load_run(const scalar_t* src, int64_t n) {
+  if (std::is_same<scalar_t, float>::value && n == 16) return load16(reinterpret_cast<const float*>(src));
+  alignas(64) float buf[16] = {};
+  to_float(src, buf, static_cast<int>(n));
+  return load16(buf);
+}
+
+template <typename scalar_t>
+inline void store_run(scalar_t* dst, vec16 x, int64_t n) {
+  if (std::is_same<scalar_t, float>::value && n == 16) return store16(reinterpret_cast<float*>(dst), x);
+  alignas(64) float buf[16];
+  store16(buf, x);
+  from_float(buf, dst, static_cast<int>(n));
+}
 
 struct Problem {
   int64_t batch, dim, length, dstate;
@@ -149,7 +148,7 @@ void scan_block(const Problem& p, const scalar_t* u, const scalar_t* delta, cons
   std::vector<vec16> A(N, splat16(0.0f)), h(N, splat16(0.0f));  // A log2(e) and state; lane c = channel c0 + c
   alignas(64) float dt[TS][CB], du[TS][CB];  // (time, channel) tiles of the segment
   alignas(64) float y[TS][CB];               // (time, channel): one vector store per step
-  alignas(64) float scratch_dt[CB][TS] = {}, scratch_du[CB][TS] = {};
+  alignas(64) float scratch_dt[CB][TS] = {}, scratch_du[CB][TS] = {};  // (channel, time)
   float bias[CB], dskip[CB];
   for (int64_t c = 0; c < CB; ++c) {
     bias[c] = (c < cb && p.delta_bias) ? p.delta_bias[c0 + c] : 0.0f;
@@ -165,19 +164,18 @@ void scan_block(const Problem& p, const scalar_t* u, const scalar_t* delta, cons
 
   for (int64_t t0 = 0; t0 < L; t0 += TS) {
     const int64_t ts = std::min(TS, L - t0);
-    // Prologue: dt and dt*u of the segment, computed along time (vectorised) in (channel, time)
-    // scratch, then transposed to the (time, channel) tiles the scan reads.  Padding lanes stay 0.
+    // Prologue: dt = softplus(delta + bias) and dt * u of the segment, 16 steps of one channel at a time
+    // in (channel, time) scratch, then transposed to the (time, channel) tiles the scan reads.  Padding
+    // lanes stay 0.
     for (int64_t c = 0; c < cb; ++c) {
       const scalar_t* dl = delta + row0 + c * L + t0;
       const scalar_t* ul = u + row0 + c * L + t0;
-      float* dtc = scratch_dt[c];
-      float* duc = scratch_du[c];
-#pragma omp simd
-      for (int64_t t = 0; t < ts; ++t) {
-        float d = static_cast<float>(dl[t]) + bias[c];
-        if (p.softplus) d = softplus(d);
-        dtc[t] = d;
-        duc[t] = d * static_cast<float>(ul[t]);
+      for (int64_t t = 0; t < ts; t += 16) {
+        const int64_t n = std::min<int64_t>(16, ts - t);
+        vec16 d = load_run(dl + t, n) + bias[c];
+        if (p.softplus) d = softplus16(d);
+        store16(scratch_dt[c] + t, d);
+        store16(scratch_du[c] + t, d * load_run(ul + t, n));
       }
     }
     for (int64_t t = 0; t < ts; ++t)
@@ -192,20 +190,19 @@ void scan_block(const Problem& p, const scalar_t* u, const scalar_t* delta, cons
       scan_steps<16>(ts, N, dt, du, Bs, Cs, A.data(), h.data(), y);
     else
       scan_steps<0>(ts, N, dt, du, Bs, Cs, A.data(), h.data(), y);
-    // Epilogue: skip connection, z gate, back to (B, D, L) in the input dtype; vectorised along time.
+    // Epilogue: y back to (channel, time), then skip connection, z gate and (B, D, L) output in the input
+    // dtype, 16 steps of one channel at a time.
+    for (int64_t t = 0; t < ts; ++t)
+      for (int64_t c = 0; c < CB; ++c) scratch_dt[c][t] = y[t][c];
     for (int64_t c = 0; c < cb; ++c) {
       const scalar_t* ul = u + row0 + c * L + t0;
       const scalar_t* zl = z ? z + row0 + c * L + t0 : nullptr;
       scalar_t* ol = out + row0 + c * L + t0;
-      if (zl) {
-#pragma omp simd
-        for (int64_t t = 0; t < ts; ++t)
-          ol[t] = static_cast<scalar_t>((y[t][c] + dskip[c] * static_cast<float>(ul[t])) *
-                                        silu(static_cast<float>(zl[t])));
-      } else {
-#pragma omp simd
-        for (int64_t t = 0; t < ts; ++t)
-          ol[t] = static_cast<scalar_t>(y[t][c] + dskip[c] * static_cast<float>(ul[t]));
+      for (int64_t t = 0; t < ts; t += 16) {
+        const int64_t n = std::min<int64_t>(16, ts - t);
+        vec16 o = load16(scratch_dt[c] + t) + dskip[c] * load_run(ul + t, n);
+        if (zl) o *= silu16(load_run(zl + t, n));
+        store_run(ol + t, o, n);
       }
     }
   }

@@ -18,7 +18,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "simd.h"        // vec16, load16/store16, to_float/from_float, exp16
+#include "simd.h"        // vec16, load16/store16, to_float/from_float, wkv_decay16
 #include "wkv_common.h"  // transposed state load/store, head-size dispatch, input checks
 
 namespace {
@@ -46,9 +46,9 @@ void wkv6_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
   std::vector<vec16> states(nh * N * NV);
   load_group_states<NV>(p.state_in, H, bi, h0, nh, states.data());
 
-  std::vector<float> buf(5 * nh * rows * N);
-  float *r = buf.data(), *k = r + nh * rows * N, *v = k + nh * rows * N, *decay = v + nh * rows * N,
-        *y = decay + nh * rows * N;
+  std::vector<vec16> buf(5 * nh * rows * NV);  // vec16 for 64-byte aligned rows
+  float *r = reinterpret_cast<float*>(buf.data()), *k = r + nh * rows * N, *v = k + nh * rows * N,
+        *decay = v + nh * rows * N, *y = decay + nh * rows * N;
 
   for (int64_t t0 = 0; t0 < T; t0 += kBlock) {
     const int64_t n = std::min(kBlock, T - t0);
@@ -63,10 +63,11 @@ void wkv6_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
       const int64_t o = h * rows * N;
       const float *rh = r + o, *kh = k + o, *vh = v + o;
       float *dh = decay + o, *yh = y + o;
-      for (int64_t i = 0; i < n * NV; ++i) store16(dh + 16 * i, exp16(-exp16(load16(dh + 16 * i))));
+      for (int64_t i = 0; i < n * NV; ++i) store16(dh + 16 * i, wkv_decay16(load16(dh + 16 * i)));
 
       for (int64_t t = 0; t < n; ++t) {
         const float *rt = rh + t * N, *kt = kh + t * N, *dt = dh + t * N;
+        prefetch_rows<scalar_t>({p.r, p.k, p.v, p.w}, T, H, N, bi, h0 + h, t0 + kBlock + t);
         // the bonus term: v_i * sum_j r_j u_j k_j
         vec16 ruk16 = {};
         for (int iv = 0; iv < NV; ++iv) ruk16 += load16(rt + 16 * iv) * load16(u + 16 * iv) * load16(kt + 16 * iv);

@@ -27,7 +27,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "simd.h"        // vec16, load16/store16, to_float/from_float, exp16
+#include "simd.h"        // vec16, load16/store16, to_float/from_float, wkv_decay16
 #include "wkv_common.h"  // transposed state load/store, head-size dispatch, input checks
 
 namespace {
@@ -58,9 +58,9 @@ void wkv7_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
   std::vector<vec16> states(nh * N * NV), sa_all(nh * NV, splat16(0.0f));
   load_group_states<NV>(p.state_in, H, bi, h0, nh, states.data());
 
-  std::vector<float> buf(7 * nh * rows * N);
-  float *r = buf.data(), *decay = r + nh * rows * N, *k = decay + nh * rows * N, *v = k + nh * rows * N,
-        *b = v + nh * rows * N, *y = b + nh * rows * N, *a = y + nh * rows * N;
+  std::vector<vec16> buf(7 * nh * rows * NV);  // vec16 for 64-byte aligned rows
+  float *r = reinterpret_cast<float*>(buf.data()), *decay = r + nh * rows * N, *k = decay + nh * rows * N,
+        *v = k + nh * rows * N, *b = v + nh * rows * N, *y = b + nh * rows * N, *a = y + nh * rows * N;
 
   for (int64_t t0 = 0; t0 < T; t0 += kBlock) {
     const int64_t n = std::min(kBlock, T - t0), na = std::min(kBlock + 1, T - t0);
@@ -76,7 +76,7 @@ void wkv7_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
       vec16* sa = &sa_all[h * NV];  // S a for the coming step
       const int64_t o = h * rows * N;
       float *rh = r + o, *dh = decay + o, *kh = k + o, *vh = v + o, *bh = b + o, *yh = y + o, *ah = a + o;
-      for (int64_t i = 0; i < n * NV; ++i) store16(dh + 16 * i, exp16(-exp16(load16(dh + 16 * i))));
+      for (int64_t i = 0; i < n * NV; ++i) store16(dh + 16 * i, wkv_decay16(load16(dh + 16 * i)));
       if (t0 == 0)
         for (int j = 0; j < N; ++j)
           for (int iv = 0; iv < NV; ++iv) sa[iv] += St[j * NV + iv] * ah[j];
@@ -84,6 +84,7 @@ void wkv7_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
       for (int64_t t = 0; t < n; ++t) {
         const float *rt = rh + t * N, *dt = dh + t * N, *kt = kh + t * N, *bt = bh + t * N;
         const float* an = ah + std::min(t + 1, na - 1) * N;  // the next step's a (its own at the very end)
+        prefetch_rows<scalar_t>({p.r, p.w, p.k, p.v, p.a, p.b}, T, H, N, bi, h0 + h, t0 + kBlock + t);
         vec16 vv[NV], acc[NV] = {}, sa_next[NV] = {};
         for (int iv = 0; iv < NV; ++iv) vv[iv] = load16(vh + t * N + 16 * iv);
         for (int j = 0; j < N; ++j)

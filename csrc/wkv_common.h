@@ -82,6 +82,31 @@ inline void gather_heads(const void* x, int64_t T, int64_t H, int64_t N, int64_t
       to_float(src + t * H * N + h * N, dst + (h * rows + t) * N, static_cast<int>(N));
 }
 
+// One cache line into L2.  On x86 as volatile asm: GCC 12 deleted loops of __builtin_prefetch (and of
+// _mm_prefetch) in several of the shapes tried here, silently (tests/test_kernel_build.py checks the build).
+inline void prefetch_l2(const void* p) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p, 0, 2);
+#endif
+}
+
+// Asks for row t of head h of batch row bi of each input in xs (each (B, T, H, N)) to be brought into L2
+// (past the end: the last row again).  The kernels call it, step by step, for the next block's rows while
+// they compute the current block, so that the next gather finds its rows in cache (6-12 % faster when the
+// inputs do not fit in L2).
+template <typename scalar_t>
+inline void prefetch_rows(std::initializer_list<const void*> xs, int64_t T, int64_t H, int64_t N, int64_t bi,
+                          int64_t h, int64_t t) {
+  t = std::min(t, T - 1);
+  const int64_t offset = ((bi * T + t) * H + h) * N, bytes = N * static_cast<int64_t>(sizeof(scalar_t));
+  for (const void* x : xs) {
+    const char* row = reinterpret_cast<const char*>(static_cast<const scalar_t*>(x) + offset);
+    for (int64_t off = 0; off < bytes; off += 64) prefetch_l2(row + off);
+  }
+}
+
 // The inverse: src [head][row][N] (rows per head) -> rows t0 .. t0 + n - 1 of heads h0 .. of y.
 template <typename scalar_t>
 inline void scatter_heads(const float* src, int64_t T, int64_t H, int64_t N, int64_t bi, int64_t h0, int64_t nh,

@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import platform
 import shutil
 import subprocess
 import sys
@@ -234,3 +235,16 @@ def test_bench_ggml_rejects_a_missing_binary(tmp_path):
     args = parser.parse_args(["ggml", str(tmp_path / "nope")])
     with pytest.raises(UserFacingError, match="test-backend-ops"):
         args.func(args)
+
+
+@pytest.mark.parametrize("op", ["wkv6", "wkv7"])
+def test_wkv_kernels_keep_their_prefetches(op):
+    """The WKV kernels prefetch the next token block; GCC once deleted that loop silently (an early return
+    in the helper), so the built library is checked for prefetch instructions."""
+    objdump = shutil.which("objdump")
+    if objdump is None or platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("needs objdump on x86-64")
+    _build.load(op)
+    lib = sorted(_build.build_dir(op).glob("*.so"))[0]
+    text = subprocess.run([objdump, "-d", str(lib)], capture_output=True, text=True, check=True).stdout
+    assert "prefetcht1" in text
