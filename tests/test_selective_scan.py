@@ -103,6 +103,25 @@ def test_nan_propagates_like_the_reference(d_state):
 
 
 @needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_gates_at_extreme_inputs(dtype):
+    """softplus and silu are vectorised approximations in the kernel: every regime of theirs (softplus's
+    threshold at 20, silu's capped e^-z below -80, underflowing and overflowing exponentials, a NaN in z)
+    must match the reference, over a length that is not a multiple of 16."""
+    kw = make_inputs(2, 19, 16, 45, dtype=dtype, seed=9)
+    extremes = torch.tensor([-100.0, -80.5, -30.0, -5.0, -1e-3, 0.0, 1e-3, 5.0, 19.99, 20.01, 30.0, 100.0])
+    n = extremes.numel()
+    kw["delta"][0, :, :n] = extremes.to(dtype)  # delta + bias spans softplus's regimes
+    kw["delta_bias"][:] = 0.0
+    kw["z"][1, :, :n] = extremes.to(dtype)
+    kw["z"][1, 3, 20] = float("nan")
+    y, y_ref = run_both(kw)
+    assert torch.equal(torch.isnan(y), torch.isnan(y_ref)) and torch.isnan(y_ref).any()
+    finite = ~torch.isnan(y_ref)
+    torch.testing.assert_close(y[finite], y_ref[finite], **TOL[dtype])
+
+
+@needs_kernel
 def test_long_sequence():
     """T = 8192 (few channels to bound the reference's cost); the state must not drift."""
     kw = make_inputs(1, 3, 16, 8192, seed=2)
