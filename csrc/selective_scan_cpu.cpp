@@ -40,9 +40,8 @@ constexpr int64_t TS = 64;  // time steps per tile segment: tiles stay in L1
 static_assert(CB == 16, "one task is one vec16 of channels");
 
 // The prologue's softplus and the epilogue's silu work on 16 time steps of one channel.  Each needs one
-// division; vdivps on 16 lanes is a slow
-// instruction (up to 16 cycles), and as scalar-loop code the two took a third of the kernel.  With
-// AVX-512 a / b is a * rcp14(b) refined by one Newton step (within 2 ulp).
+// division; vdivps on 16 lanes is a slow instruction (up to 16 cycles), and as scalar-loop code the two
+// took a third of the kernel.  With AVX-512 a / b is a * rcp14(b) refined by one Newton step (within 2 ulp).
 inline vec16 div16(vec16 a, vec16 b) {
 #if defined(__AVX512F__)
   const __m512 r0 = _mm512_rcp14_ps(reinterpret_cast<const __m512&>(b));

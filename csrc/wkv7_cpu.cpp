@@ -6,7 +6,8 @@
 // Why it is laid out this way:
 // - Work is split over groups of adjacent heads of one batch row with at::parallel_for (torch's own
 //   thread pool, so torch.set_num_threads applies and no second OpenMP runtime is started); each group
-//   reads blocks of 16 tokens of all its heads as contiguous runs (kBlock in wkv_common.h).
+//   reads blocks of 16 tokens of all its heads as contiguous runs (kBlock in wkv_common.h), and asks for
+//   the next block's rows to be prefetched while it computes the current one.
 // - Inside a head the state is kept transposed, St[j][i], so that every operation runs along i with
 //   j as a broadcast scalar: sa and y become vector accumulations (no horizontal sums) and each
 //   key column j is one contiguous row of N floats = N/16 AVX-512 registers.
@@ -15,8 +16,8 @@
 // - Common head sizes (16, 32, 64, 128) are compiled with N known at compile time, so the i loop is
 //   fully unrolled and sa, y, v stay in registers; other sizes take a plain scalar-loop path.
 // - Inputs are float32 or bfloat16 and are converted to float32 when a block's rows are gathered; the
-//   output is written in the input dtype.  The decay exp(-exp(w)) uses a vectorisable exp (csrc/simd.h)
-//   because a libm call per element would cost more than the state update itself.
+//   output is written in the input dtype.  The decay exp(-exp(w)) is wkv_decay16 (csrc/simd.h), two
+//   vector 2^x, because a libm call per element would cost more than the state update itself.
 
 // Narrow includes instead of <torch/extension.h>: the build takes half the time.
 #include <ATen/core/Tensor.h>
