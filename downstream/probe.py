@@ -75,12 +75,35 @@ def is_done(path: Path) -> bool:
     return (path / SCORES_FILE).is_file() and (path / PROBE_FILE).is_file()
 
 
-def _write_seed_dir(final: Path, files: dict[str, object]) -> None:
-    """Write JSON files into a temporary sibling, then rename it to `final` (nothing half-written)."""
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _fresh_temp(final: Path) -> Path:
+    """This process's temporary sibling of `final`, empty.  Siblings left by killed runs (their process is
+    gone) are removed on the way: an interrupted heareval run leaves a `.seed-NN.tmp-PID` folder of links
+    and logs behind."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    prefix = f".{final.name}.tmp-"
+    for stale in final.parent.glob(prefix + "*"):
+        pid = stale.name[len(prefix):]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = final.with_name(f"{prefix}{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
+    return tmp
+
+
+def _write_seed_dir(final: Path, files: dict[str, object]) -> None:
+    """Write JSON files into a temporary sibling, then rename it to `final` (nothing half-written)."""
+    tmp = _fresh_temp(final)
     tmp.mkdir()
     for name, obj in files.items():
         (tmp / name).write_text(json.dumps(obj, indent=4))
@@ -319,10 +342,7 @@ def probe_heareval(
             "which this installation lacks; use --protocol linear"
         ) from None
     grid = "fork" if protocol == "heareval-fork" else "default"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    work = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    if work.exists():
-        shutil.rmtree(work)
+    work = _fresh_temp(final)
     make_seed_view(task_dir, work)  # links to the embedding files: nothing copied, the original untouched
     t0 = time.time()
     run_predictions([work], seed=seed, grid=grid, grid_points=grid_points, grid_overrides=grid_overrides, verbose=verbose)

@@ -158,6 +158,28 @@ def test_resume_skips_finished_seeds_and_redoes_partial(emb_root, tmp_path):
     assert not [p for p in partial.parent.iterdir() if p.name.startswith(".")]
 
 
+def test_temporary_folders_of_killed_runs_are_removed(emb_root, tmp_path):
+    """A killed run leaves `.seed-NN.tmp-PID` behind; the next run removes it once that process is gone, and
+    leaves the folder of a run that is still alive alone."""
+    import subprocess
+    import sys
+
+    task = emb_root / "synthetic" / "scene_mc"
+    final = probe.seed_dir(tmp_path, "synthetic", "scene_mc", "linear", 0)
+    final.parent.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = final.with_name(f".{final.name}.tmp-{gone.pid}")
+    alive = final.with_name(f".{final.name}.tmp-{os.getppid()}")
+    for d in (dead, alive):
+        d.mkdir()
+        (d / "train.embeddings.npy").write_bytes(b"partial")
+    probe.run_probe([task], [0], out=tmp_path, settings=FAST, quiet=True)
+    assert probe.is_done(final)
+    assert not dead.exists()
+    assert alive.exists()
+
+
 def test_batched_models_equal_single_models(emb_root):
     """Training (seed, grid point) pairs together gives each the same weights as training it alone."""
     from downstream.linear import train_linear
