@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -161,9 +163,6 @@ def test_resume_skips_finished_seeds_and_redoes_partial(emb_root, tmp_path):
 def test_temporary_folders_of_killed_runs_are_removed(emb_root, tmp_path):
     """A killed run leaves `.seed-NN.tmp-PID` behind; the next run removes it once that process is gone, and
     leaves the folder of a run that is still alive alone."""
-    import subprocess
-    import sys
-
     task = emb_root / "synthetic" / "scene_mc"
     final = probe.seed_dir(tmp_path, "synthetic", "scene_mc", "linear", 0)
     final.parent.mkdir(parents=True)
