@@ -25,7 +25,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "simd.h"  // vec16, splat16/load16/store16, exp2_vec (and <immintrin.h> with AVX-512)
+#include "simd.h"  // vec16, splat16/load16/store16, exp2_vec/exp_vec (and <immintrin.h> with AVX-512)
 
 namespace {
 
@@ -51,8 +51,6 @@ inline vec16 div16(vec16 a, vec16 b) {
   return a / b;
 #endif
 }
-
-inline vec16 exp_vec(vec16 x) { return exp2_vec(x * 1.44269504088896341f); }
 
 // log(1 + y) for y in [0, 1] as 2 atanh(s), s = y / (2 + y) <= 1/3: the odd series to s^15 is
 // accurate to float precision and keeps full relative precision for tiny y.
@@ -191,15 +189,16 @@ void scan_block(const Problem& p, const scalar_t* u, const scalar_t* delta, cons
       scan_steps<0>(ts, N, dt, du, Bs, Cs, A.data(), h.data(), y);
     // Epilogue: y back to (channel, time), then skip connection, z gate and (B, D, L) output in the input
     // dtype, 16 steps of one channel at a time.
+    float (*yc)[TS] = scratch_dt;  // dt's (channel, time) scratch is free again
     for (int64_t t = 0; t < ts; ++t)
-      for (int64_t c = 0; c < CB; ++c) scratch_dt[c][t] = y[t][c];
+      for (int64_t c = 0; c < CB; ++c) yc[c][t] = y[t][c];
     for (int64_t c = 0; c < cb; ++c) {
       const scalar_t* ul = u + row0 + c * L + t0;
       const scalar_t* zl = z ? z + row0 + c * L + t0 : nullptr;
       scalar_t* ol = out + row0 + c * L + t0;
       for (int64_t t = 0; t < ts; t += 16) {
         const int64_t n = std::min<int64_t>(16, ts - t);
-        vec16 o = load16(scratch_dt[c] + t) + dskip[c] * load_run(ul + t, n);
+        vec16 o = load16(yc[c] + t) + dskip[c] * load_run(ul + t, n);
         if (zl) o *= silu16(load_run(zl + t, n));
         store_run(ol + t, o, n);
       }

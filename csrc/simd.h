@@ -95,13 +95,13 @@ inline vec16 exp2_vec(vec16 x) {
 }
 #endif
 
-// The WKV decay exp(-exp(w)) from the log-log decay w, as 2^(-2^(w log2 e) log2 e): two exp2_vec (about 20
-// operations for 16 lanes).  Relative error at most 3.4e-7 for w <= 0.5 (A-RWKV's and RWKV-6's decays have
-// w < 0); decays below ~1e-38 come out as ~1e-38.
-inline vec16 wkv_decay16(vec16 w) {
-  constexpr float kLog2e = 1.44269504088896341f;
-  return exp2_vec(exp2_vec(w * kLog2e) * -kLog2e);
-}
+// e^x on 16 lanes as 2^(x log2 e) (the selective scan's softplus and silu, the WKV decays).
+inline vec16 exp_vec(vec16 x) { return exp2_vec(x * 1.44269504088896341f); }
+
+// The WKV decay exp(-exp(w)) from the log-log decay w: two exp_vec (about 20 operations for 16 lanes).
+// Relative error at most 3.4e-7 for w <= 0.5 (A-RWKV's and RWKV-6's decays have w < 0); decays below
+// ~1e-38 come out as ~1e-38.
+inline vec16 wkv_decay16(vec16 w) { return exp_vec(-exp_vec(w)); }
 
 // e^x, branch-free so that loops calling it vectorise; relative error < 1e-7 over the whole range.
 // Cody-Waite reduction x = n ln2 + r (ln2 split in two so r stays exact), e^r by its Taylor series to
