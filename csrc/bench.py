@@ -18,6 +18,7 @@ Shared machines are noisy: compare ratios measured in the same run, not absolute
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -79,6 +80,19 @@ def cpu_info() -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- timing
+
+@contextlib.contextmanager
+def torch_threads():
+    """Restores torch's thread count on exit: the benchmarks set it per measurement, and the commands also run
+    inside other processes (tests), whose later numerics must not depend on which benchmark ran before."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 def _time_call(fn, min_time: float, max_reps: int = 50) -> tuple[float, float]:
     """Median wall and process-CPU seconds per call (after one warm-up), over at least 3 calls."""
@@ -220,10 +234,8 @@ def run(args) -> int:
     dtype = getattr(torch, args.dtype)
     info = cpu_info()
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
-    results = []
-    for op in ops:
-        results.append(bench_op(op, args.long, dtype, threads, args.min_time, info, log))
-    torch.set_num_threads(threads)
+    with torch_threads():
+        results = [bench_op(op, args.long, dtype, threads, args.min_time, info, log) for op in ops]
     if args.json:
         print(json.dumps({"cpu": info, "threads": threads, "dtype": args.dtype, "torch": torch.__version__,
                           "results": results}, indent=2))

@@ -83,6 +83,7 @@ def time_ours(op: str, row: dict, threads: int, cpu_time: bool) -> float:
 
 
 def run(args) -> int:
+    from csrc.bench import torch_threads
     from hearscan.errors import UserFacingError
 
     binary = str(Path(args.binary).expanduser())
@@ -98,16 +99,17 @@ def run(args) -> int:
     print(f"hearscan vs ggml ({binary}), {args.threads} thread(s), {args.rounds} alternating round(s)")
     print(f"{'round':<6}{'op':<11}{'shape':<26}{'basis':<7}{'ggml us':>11}{'hearscan us':>13}{'hearscan faster':>17}")
     ratios: dict[tuple, list[float]] = {}
-    for rnd in range(1, args.rounds + 1):
-        for op in ops:
-            for row in run_ggml(binary, op, args.threads):
-                cpu_time = "cpu_us" in row
-                theirs = row["cpu_us"] if cpu_time else row["wall_us"]
-                ours = time_ours(OPS[op], row, args.threads, cpu_time)
-                shape = f"B={row['B']} T={row['T']} H={row['H']} N={row['N']}"
-                ratios.setdefault((op, shape), []).append(theirs / ours)
-                print(f"{rnd:<6}{op:<11}{shape:<26}{'cpu' if cpu_time else 'wall':<7}{theirs:>11,.0f}{ours:>13,.0f}"
-                      f"{theirs / ours:>16.2f}x", flush=True)
+    with torch_threads():  # our timings set torch's thread count; it is restored afterwards
+        for rnd in range(1, args.rounds + 1):
+            for op in ops:
+                for row in run_ggml(binary, op, args.threads):
+                    cpu_time = "cpu_us" in row
+                    theirs = row["cpu_us"] if cpu_time else row["wall_us"]
+                    ours = time_ours(OPS[op], row, args.threads, cpu_time)
+                    shape = f"B={row['B']} T={row['T']} H={row['H']} N={row['N']}"
+                    ratios.setdefault((op, shape), []).append(theirs / ours)
+                    print(f"{rnd:<6}{op:<11}{shape:<26}{'cpu' if cpu_time else 'wall':<7}{theirs:>11,.0f}{ours:>13,.0f}"
+                          f"{theirs / ours:>16.2f}x", flush=True)
     print("summary (ggml time / hearscan time, over rounds):")
     for (op, shape), rs in ratios.items():
         print(f"  {op:<11}{shape:<26}{min(rs):.2f}-{max(rs):.2f}x")

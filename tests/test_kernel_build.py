@@ -173,8 +173,10 @@ def test_bench_kernels_command(monkeypatch, capsys):
     assert args.func(args) == 0
     table = capsys.readouterr().out
     assert "fp32 peak estimate" in table and "wkv7" in table and "wkv6" in table
+    before = torch.get_num_threads()
     args = parser.parse_args(["kernels", "--ops", "wkv7", "--json", "--min-time", "0", "--threads", "1"])
     assert args.func(args) == 0
+    assert torch.get_num_threads() == before  # the benchmark's thread settings do not leak into the process
     doc = json.loads(capsys.readouterr().out)
     row = doc["results"][0]["cases"][0]
     assert row["speedup"] > 0 and row["gflops"] > 0 and 0 < row["fraction_of_peak"]
@@ -217,7 +219,13 @@ def test_bench_ggml_command_runs_both_side_by_side(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     bench_ggml.register(parser.add_subparsers())
     args = parser.parse_args(["ggml", str(fake), "--ops", "RWKV_WKV6", "--rounds", "1"])
-    assert args.func(args) == 0
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the run times ours on 1 thread; the process keeps its own setting
+    try:
+        assert args.func(args) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("1 ")]
     assert len(lines) == 2 and all("wall" in line and line.endswith("x") for line in lines)
