@@ -7,7 +7,8 @@
 // - Work is split over groups of adjacent heads of one batch row with at::parallel_for (torch's own
 //   thread pool, so torch.set_num_threads applies and no second OpenMP runtime is started); each group
 //   reads blocks of 16 tokens of all its heads as contiguous runs (kBlock in wkv_common.h), and asks for
-//   the next block's rows to be prefetched while it computes the current one.
+//   the next block's rows to be prefetched, a cache line every second key column, while it computes the
+//   current one (RowPrefetch in wkv_common.h).
 // - Inside a head the state is kept transposed, St[j][i], so that every operation runs along i with
 //   j as a broadcast scalar: sa and y become vector accumulations (no horizontal sums) and each
 //   key column j is one contiguous row of N floats = N/16 AVX-512 registers.
@@ -85,16 +86,19 @@ void wkv7_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
       for (int64_t t = 0; t < n; ++t) {
         const float *rt = rh + t * N, *dt = dh + t * N, *kt = kh + t * N, *bt = bh + t * N;
         const float* an = ah + std::min(t + 1, na - 1) * N;  // the next step's a (its own at the very end)
-        prefetch_rows<scalar_t>({p.r, p.w, p.k, p.v, p.a, p.b}, T, H, N, bi, h0 + h, t0 + kBlock + t);
+        RowPrefetch<N / 2> next;  // 6 N / 16 lines in float32: fits, one every second j
+        next.plan({p.r, p.w, p.k, p.v, p.a, p.b}, sizeof(scalar_t), T, H, N, bi, h0 + h, t0 + kBlock + t);
         vec16 vv[NV], acc[NV] = {}, sa_next[NV] = {};
         for (int iv = 0; iv < NV; ++iv) vv[iv] = load16(vh + t * N + 16 * iv);
-        for (int j = 0; j < N; ++j)
+        for (int j = 0; j < N; ++j) {
+          if (j % 2 == 0) next.issue(j / 2);
           for (int iv = 0; iv < NV; ++iv) {
             const vec16 s = St[j * NV + iv] * dt[j] + sa[iv] * bt[j] + vv[iv] * kt[j];
             St[j * NV + iv] = s;
             acc[iv] += s * rt[j];
             sa_next[iv] += s * an[j];
           }
+        }
         for (int iv = 0; iv < NV; ++iv) {
           store16(yh + t * N + 16 * iv, acc[iv]);
           sa[iv] = sa_next[iv];

@@ -92,20 +92,33 @@ inline void prefetch_l2(const void* p) {
 #endif
 }
 
-// Asks for row t of head h of batch row bi of each input in xs (each (B, T, H, N)) to be brought into L2
-// (past the end: the last row again).  The kernels call it, step by step, for the next block's rows while
-// they compute the current block, so that the next gather finds its rows in cache (6-12 % faster when the
-// inputs do not fit in L2).
-template <typename scalar_t>
-inline void prefetch_rows(std::initializer_list<const void*> xs, int64_t T, int64_t H, int64_t N, int64_t bi,
-                          int64_t h, int64_t t) {
-  t = std::min(t, T - 1);
-  const int64_t offset = ((bi * T + t) * H + h) * N, bytes = N * static_cast<int64_t>(sizeof(scalar_t));
-  for (const void* x : xs) {
-    const char* row = reinterpret_cast<const char*>(static_cast<const scalar_t*>(x) + offset);
-    for (int64_t off = 0; off < bytes; off += 64) prefetch_l2(row + off);
+// The cache lines of row t of head h of batch row bi of each input in xs (each (B, T, H, N); past the
+// end: the last row again), to be brought into L2 one at a time.  The kernels plan the next block's rows
+// at the start of a step and issue one line every second key column j inside the step's loop.  Issued as
+// one burst (24 lines per step for WKV-7) the prefetches ran out of line-fill buffers and stalled the
+// core: perf put 20 % of WKV-7's time on them (B=4 T=496 H=12).  Spread out, WKV-7 is 1.02-1.14x faster
+// than with the burst (same process, 1 thread); WKV-6, with fewer lines per step, is unchanged.
+template <int MaxLines>
+struct RowPrefetch {
+  const char* lines[MaxLines];
+  int n = 0;
+
+  // elem: bytes per element of the inputs.
+  void plan(std::initializer_list<const void*> xs, int64_t elem, int64_t T, int64_t H, int64_t N, int64_t bi,
+            int64_t h, int64_t t) {
+    t = std::min(t, T - 1);
+    const int64_t offset = ((bi * T + t) * H + h) * N * elem, bytes = N * elem;
+    n = 0;
+    for (const void* x : xs) {
+      const char* row = static_cast<const char*>(x) + offset;
+      for (int64_t off = 0; off < bytes && n < MaxLines; off += 64) lines[n++] = row + off;
+    }
   }
-}
+
+  void issue(int i) const {
+    if (i < n) prefetch_l2(lines[i]);
+  }
+};
 
 // The inverse: src [head][row][N] (rows per head) -> rows t0 .. t0 + n - 1 of heads h0 .. of y.
 template <typename scalar_t>
