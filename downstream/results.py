@@ -9,6 +9,10 @@ from a `seed-N` / `seedN` path component when there is one).  A run's score is t
 Per (protocol, module, task): n seeds, mean, sample standard deviation (ddof=1), and the 95 % Student-t
 half-width t.ppf(0.975, n-1) * std / sqrt(n) (NaN for n = 1).
 
+When the directories hold more than one protocol, `compare.md` / `compare.csv` put each pair side by side:
+per module and task the two means, and per task the Spearman rank correlation of the modules scored by
+both (how far the protocols agree on the ranking; NaN below 3 modules) and the median difference.
+
 Normalised overall score: per task, (mean - chance) / (best - chance), where `chance` is the test score of
 a trivial predictor (the train label prior for every row, scored by heareval's functions; recorded by
 the linear probe in probe.json) and `best` is the best mean on that task over every (protocol, module)
@@ -317,6 +321,66 @@ def plot(rows: list[dict], protocol: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def compare(rows: list[dict]) -> list[dict]:
+    """For each pair of protocols (a, b), a < b, and each task both cover: the modules scored by both, their
+    means under each, the Spearman rank correlation of those means over the modules (NaN below 3 modules
+    or when one side is constant) and the median of b - a."""
+    from scipy import stats
+
+    mean = {(r["protocol"], r["module"], r["task"]): r["mean"] for r in rows}
+    protocols = sorted({r["protocol"] for r in rows})
+    tasks = sorted({r["task"] for r in rows})
+    out = []
+    for i, a in enumerate(protocols):
+        for b in protocols[i + 1:]:
+            for task in tasks:
+                modules = sorted(m for (p, m, t) in mean if p == a and t == task and (b, m, task) in mean)
+                if not modules:
+                    continue
+                xa = np.array([mean[(a, m, task)] for m in modules])
+                xb = np.array([mean[(b, m, task)] for m in modules])
+                rho = math.nan
+                if len(modules) >= 3 and np.ptp(xa) > 0 and np.ptp(xb) > 0:
+                    rho = float(stats.spearmanr(xa, xb).statistic)
+                out.append({"a": a, "b": b, "task": task, "modules": modules, "mean_a": xa.tolist(),
+                            "mean_b": xb.tolist(), "spearman": rho, "median_b_minus_a": float(np.median(xb - xa))})
+    return out
+
+
+def compare_markdown(pairs: list[dict]) -> str:
+    """One table per protocol pair: module x task cells "a / b", then the Spearman and median rows."""
+    lines = []
+    for a, b in sorted({(c["a"], c["b"]) for c in pairs}):
+        cells = [c for c in pairs if (c["a"], c["b"]) == (a, b)]
+        tasks = [c["task"] for c in cells]
+        modules = sorted({m for c in cells for m in c["modules"]})
+        lines += [f"## {a} / {b}", "", "| module | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
+        for m in modules:
+            row = []
+            for c in cells:
+                k = c["modules"].index(m) if m in c["modules"] else None
+                row.append("" if k is None else f"{_fmt(c['mean_a'][k])} / {_fmt(c['mean_b'][k])}")
+            lines.append(f"| {m} | " + " | ".join(row) + " |")
+        lines.append("| Spearman (modules) | " + " | ".join(f"{_fmt(c['spearman'], 2)} ({len(c['modules'])})" for c in cells) + " |")
+        lines.append(f"| median {b} − {a} | " + " | ".join(f"{c['median_b_minus_a']:+.3f}" for c in cells) + " |")
+        lines += ["", f"Cells: mean under {a} / mean under {b} (over each protocol's seeds). Spearman: rank "
+                  "correlation of the modules' means between the two protocols (– below 3 modules).", ""]
+    return "\n".join(lines)
+
+
+def compare_csv(pairs: list[dict]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["protocol_a", "protocol_b", "task", "module", "mean_a", "mean_b", "spearman_task", "median_b_minus_a_task"])
+    for c in pairs:
+        for m, xa, xb in zip(c["modules"], c["mean_a"], c["mean_b"]):
+            w.writerow([c["a"], c["b"], c["task"], m, repr(xa), repr(xb), repr(c["spearman"]), repr(c["median_b_minus_a"])])
+    return buf.getvalue()
+
+
 def write_results(dirs: list[str | Path], out: str | Path, quiet: bool = False) -> list[Path]:
     runs = collect(dirs)
     rows = summarise(runs)
@@ -332,11 +396,20 @@ def write_results(dirs: list[str | Path], out: str | Path, quiet: bool = False) 
     ):
         _atomic_write(out / name, text)
         written.append(out / name)
+    pairs = compare(rows)
+    for name, make in (("compare.md", compare_markdown), ("compare.csv", compare_csv)):
+        if pairs:
+            _atomic_write(out / name, make(pairs))
+            written.append(out / name)
+        else:  # a comparison from an earlier run over other directories would now mislead
+            (out / name).unlink(missing_ok=True)
     for protocol in sorted({r["protocol"] for r in rows}):
         path = out / f"plot-{protocol}.png"
         plot(rows, protocol, path)
         written.append(path)
     if not quiet:
         print(to_markdown(rows))
+        if pairs:
+            print(compare_markdown(pairs))
         print("wrote " + ", ".join(str(p) for p in written))
     return written

@@ -129,3 +129,36 @@ def test_plot_labels_are_short_module_names():
     assert short_label("hear_modules.aum-size=tiny-variant=fobi") == "aum tiny fobi"
     assert short_label("hear_modules.logmel") == "logmel"
     assert short_label("my_pkg.model") == "my_pkg.model"
+
+
+def test_protocol_comparison_table(tmp_path):
+    """Two protocols side by side: the cells, Spearman over the modules both scored (scipy's), the median
+    difference, NaN below 3 modules; no comparison files for a single protocol."""
+    linear = {"A": 0.9, "B": 0.6, "C": 0.3, "D": 0.5}
+    heareval = {"A": 0.8, "B": 0.4, "C": 0.5}  # D not run under heareval
+    for m, v in linear.items():
+        for seed in (0, 1):
+            _write_ours(tmp_path / "p", m, "t1", "linear", seed, v + 0.01 * seed, 0.1)
+        _write_ours(tmp_path / "p", m, "t2", "linear", 0, v, 0.1)
+    for m, v in heareval.items():
+        _write_ours(tmp_path / "p", m, "t1", "heareval", 0, v, 0.1)
+    _write_ours(tmp_path / "p", "A", "t2", "heareval", 0, 0.7, 0.1)
+
+    rows = results.summarise(results.collect([tmp_path / "p"]))
+    t1, t2 = results.compare(rows)
+    assert (t1["a"], t1["b"], t1["task"], t1["modules"]) == ("heareval", "linear", "t1", ["A", "B", "C"])
+    assert t1["mean_b"] == pytest.approx([0.905, 0.605, 0.305])
+    assert t1["spearman"] == pytest.approx(stats.spearmanr([0.8, 0.4, 0.5], [0.905, 0.605, 0.305]).statistic)
+    assert t1["spearman"] == pytest.approx(0.5)
+    assert t1["median_b_minus_a"] == pytest.approx(0.105)  # median of 0.105, 0.205, -0.195
+    assert t2["modules"] == ["A"] and math.isnan(t2["spearman"])
+
+    written = results.write_results([tmp_path / "p"], tmp_path / "out", quiet=True)
+    assert tmp_path / "out" / "compare.md" in written
+    md = (tmp_path / "out" / "compare.md").read_text()
+    assert "| A | 0.800 / 0.905 | 0.700 / 0.900 |" in md and "| Spearman (modules) | 0.50 (3) | – (1) |" in md
+    rows_csv = list(csv.DictReader((tmp_path / "out" / "compare.csv").open()))
+    assert len(rows_csv) == 4 and {r["module"] for r in rows_csv} == {"A", "B", "C"}
+
+    results.write_results([tmp_path / "p" / "D"], tmp_path / "out", quiet=True)  # one protocol, same --out
+    assert not (tmp_path / "out" / "compare.md").exists() and not (tmp_path / "out" / "compare.csv").exists()
