@@ -11,7 +11,8 @@ half-width t.ppf(0.975, n-1) * std / sqrt(n) (NaN for n = 1).
 
 When the directories hold more than one protocol, `compare.md` / `compare.csv` put each pair side by side:
 per module and task the two means, and per task the Spearman rank correlation of the modules scored by
-both (how far the protocols agree on the ranking; NaN below 3 modules) and the median difference.
+both (how far the protocols agree on the ranking; NaN below 3 modules) and the median difference;
+`compare-<a>-<b>.png` plots one protocol's means against the other's, a panel per task.
 
 Normalised overall score: per task, (mean - chance) / (best - chance), where `chance` is the test score of
 a trivial predictor (the train label prior for every row, scored by heareval's functions; recorded by
@@ -381,6 +382,39 @@ def compare_csv(pairs: list[dict]) -> str:
     return buf.getvalue()
 
 
+def compare_plot(pairs: list[dict], a: str, b: str, path: Path) -> None:
+    """One panel per task: each module's mean under protocol a (x) against b (y), the diagonal, and the
+    Spearman correlation in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [c for c in pairs if (c["a"], c["b"]) == (a, b)]
+    ncol = min(3, len(cells))
+    nrow = math.ceil(len(cells) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.8 * ncol, 3.5 * nrow), squeeze=False)
+    for ax, c in zip(axes.flat, cells):
+        ax.scatter(c["mean_a"], c["mean_b"], s=18)
+        for m, x, y in zip(c["modules"], c["mean_a"], c["mean_b"]):
+            ax.annotate(short_label(m), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        lo = min(c["mean_a"] + c["mean_b"])
+        hi = max(c["mean_a"] + c["mean_b"])
+        pad = 0.05 * (hi - lo or 1.0)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel(a, fontsize=8)
+        ax.set_ylabel(b, fontsize=8)
+        ax.set_title(f"{c['task']}\nSpearman {_fmt(c['spearman'], 2)} over {len(c['modules'])} modules", fontsize=9)
+    for ax in list(axes.flat)[len(cells):]:
+        ax.axis("off")
+    fig.suptitle(f"{a} against {b}: each module's mean score; dashed line: equal", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def write_results(dirs: list[str | Path], out: str | Path, quiet: bool = False) -> list[Path]:
     runs = collect(dirs)
     rows = summarise(runs)
@@ -403,6 +437,10 @@ def write_results(dirs: list[str | Path], out: str | Path, quiet: bool = False) 
             written.append(out / name)
         else:  # a comparison from an earlier run over other directories would now mislead
             (out / name).unlink(missing_ok=True)
+    for a, b in sorted({(c["a"], c["b"]) for c in pairs}):
+        path = out / f"compare-{a}-{b}.png"
+        compare_plot(pairs, a, b, path)
+        written.append(path)
     for protocol in sorted({r["protocol"] for r in rows}):
         path = out / f"plot-{protocol}.png"
         plot(rows, protocol, path)

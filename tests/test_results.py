@@ -155,6 +155,7 @@ def test_protocol_comparison_table(tmp_path):
 
     written = results.write_results([tmp_path / "p"], tmp_path / "out", quiet=True)
     assert tmp_path / "out" / "compare.md" in written
+    assert (tmp_path / "out" / "compare-heareval-linear.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (tmp_path / "out" / "compare.md").read_text()
     assert "| A | 0.800 / 0.905 | 0.700 / 0.900 |" in md and "| Spearman (modules) | 0.50 (3) | – (1) |" in md
     rows_csv = list(csv.DictReader((tmp_path / "out" / "compare.csv").open()))
