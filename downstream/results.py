@@ -445,6 +445,10 @@ def write_results(dirs: list[str | Path], out: str | Path, quiet: bool = False) 
         path = out / f"plot-{protocol}.png"
         plot(rows, protocol, path)
         written.append(path)
+    # plots of protocols (or pairs) that an earlier run over other directories wrote would now mislead
+    for stale in sorted(set(out.glob("plot-*.png")) | set(out.glob("compare-*.png"))):
+        if stale not in written:
+            stale.unlink()
     if not quiet:
         print(to_markdown(rows))
         if pairs:

@@ -163,3 +163,4 @@ def test_protocol_comparison_table(tmp_path):
 
     results.write_results([tmp_path / "p" / "D"], tmp_path / "out", quiet=True)  # one protocol, same --out
     assert not (tmp_path / "out" / "compare.md").exists() and not (tmp_path / "out" / "compare.csv").exists()
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["plot-linear.png"]
