@@ -280,13 +280,29 @@ def short_label(module: str) -> str:
     return " ".join([name] + [o.partition("=")[2] or o for o in options])
 
 
-def plot(rows: list[dict], protocol: str, path: Path) -> None:
-    """One panel per task, one bar per module (mean, 95 % CI error bar, "n/a" where a module has no score
-    for the task), chance as a dashed line."""
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display here or in CI)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig, path: Path) -> None:
+    """Lays the figure out and writes it as PNG under a temporary name, then renames it into place."""
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    _pyplot().close(fig)
+    os.replace(tmp, path)
+
+
+def plot(rows: list[dict], protocol: str, path: Path) -> None:
+    """One panel per task, one bar per module (mean, 95 % CI error bar, "n/a" where a module has no score
+    for the task), chance as a dashed line."""
+    plt = _pyplot()
 
     rows = [r for r in rows if r["protocol"] == protocol]
     tasks = sorted({r["task"] for r in rows})
@@ -315,11 +331,7 @@ def plot(rows: list[dict], protocol: str, path: Path) -> None:
     n = sorted({r["n"] for r in rows})
     fig.suptitle(f"{protocol}: mean ± 95 % CI over {'/'.join(map(str, n))} seeds; dashed line: chance "
                  "(train label prior)", fontsize=10)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save_figure(fig, path)
 
 
 def compare(rows: list[dict]) -> list[dict]:
@@ -385,10 +397,7 @@ def compare_csv(pairs: list[dict]) -> str:
 def compare_plot(pairs: list[dict], a: str, b: str, path: Path) -> None:
     """One panel per task: each module's mean under protocol a (x) against b (y), the diagonal, and the
     Spearman correlation in the title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     cells = [c for c in pairs if (c["a"], c["b"]) == (a, b)]
     ncol = min(3, len(cells))
@@ -408,11 +417,7 @@ def compare_plot(pairs: list[dict], a: str, b: str, path: Path) -> None:
     for ax in list(axes.flat)[len(cells):]:
         ax.axis("off")
     fig.suptitle(f"{a} against {b}: each module's mean score; dashed line: equal", fontsize=10)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save_figure(fig, path)
 
 
 def write_results(dirs: list[str | Path], out: str | Path, quiet: bool = False) -> list[Path]:
