@@ -67,8 +67,8 @@ void wkv6_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
 
       for (int64_t t = 0; t < n; ++t) {
         const float *rt = rh + t * N, *kt = kh + t * N, *dt = dh + t * N;
-        RowPrefetch<N / 4> next;  // 4 N / 16 lines in float32: fits, one every fourth j
-        next.plan({p.r, p.k, p.v, p.w}, sizeof(scalar_t), T, H, N, bi, h0 + h, t0 + kBlock + t);
+        RowPrefetch<N, 4> next;  // 4 N / 16 lines in float32: fit, one every fourth j
+        next.plan({p.r, p.k, p.v, p.w}, sizeof(scalar_t), T, H, bi, h0 + h, t0 + kBlock + t);
         // the bonus term: v_i * sum_j r_j u_j k_j
         vec16 ruk16 = {};
         for (int iv = 0; iv < NV; ++iv) ruk16 += load16(rt + 16 * iv) * load16(u + 16 * iv) * load16(kt + 16 * iv);
@@ -81,7 +81,7 @@ void wkv6_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
           acc[iv] = vv[iv] * ruk;
         }
         for (int j = 0; j < N; ++j) {
-          if (j % 4 == 0) next.issue(j / 4);
+          next.at(j);
           for (int iv = 0; iv < NV; ++iv) {
             const vec16 s = St[j * NV + iv];
             acc[iv] += s * rt[j];  // y uses the state before this step's update

@@ -86,12 +86,12 @@ void wkv7_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
       for (int64_t t = 0; t < n; ++t) {
         const float *rt = rh + t * N, *dt = dh + t * N, *kt = kh + t * N, *bt = bh + t * N;
         const float* an = ah + std::min(t + 1, na - 1) * N;  // the next step's a (its own at the very end)
-        RowPrefetch<N / 2> next;  // 6 N / 16 lines in float32: fits, one every second j
-        next.plan({p.r, p.w, p.k, p.v, p.a, p.b}, sizeof(scalar_t), T, H, N, bi, h0 + h, t0 + kBlock + t);
+        RowPrefetch<N, 2> next;  // 6 N / 16 lines in float32: fit, one every second j
+        next.plan({p.r, p.w, p.k, p.v, p.a, p.b}, sizeof(scalar_t), T, H, bi, h0 + h, t0 + kBlock + t);
         vec16 vv[NV], acc[NV] = {}, sa_next[NV] = {};
         for (int iv = 0; iv < NV; ++iv) vv[iv] = load16(vh + t * N + 16 * iv);
         for (int j = 0; j < N; ++j) {
-          if (j % 2 == 0) next.issue(j / 2);
+          next.at(j);
           for (int iv = 0; iv < NV; ++iv) {
             const vec16 s = St[j * NV + iv] * dt[j] + sa[iv] * bt[j] + vv[iv] * kt[j];
             St[j * NV + iv] = s;

@@ -94,29 +94,30 @@ inline void prefetch_l2(const void* p) {
 
 // The cache lines of row t of head h of batch row bi of each input in xs (each (B, T, H, N); past the
 // end: the last row again), to be brought into L2 one at a time.  The kernels plan the next block's rows
-// at the start of a step and issue one line every second key column j inside the step's loop.  Issued as
-// one burst (24 lines per step for WKV-7) the prefetches ran out of line-fill buffers and stalled the
-// core: perf put 20 % of WKV-7's time on them (B=4 T=496 H=12).  Spread out, WKV-7 is 1.02-1.14x faster
-// than with the burst (same process, 1 thread); WKV-6, with fewer lines per step, is unchanged.
-template <int MaxLines>
+// at the start of a step and call at(j) for each key column j of the step's loop, which issues one line
+// every Stride columns (room for N / Stride lines).  Issued as one burst (24 lines per step for WKV-7) the
+// prefetches ran out of line-fill buffers and stalled the core: perf put 20 % of WKV-7's time on them
+// (B=4 T=496 H=12).  Spread out, WKV-7 is 1.02-1.14x faster than with the burst (same process, 1 thread);
+// WKV-6, with fewer lines per step, is unchanged.
+template <int N, int Stride>
 struct RowPrefetch {
-  const char* lines[MaxLines];
+  const char* lines[N / Stride];
   int n = 0;
 
   // elem: bytes per element of the inputs.
-  void plan(std::initializer_list<const void*> xs, int64_t elem, int64_t T, int64_t H, int64_t N, int64_t bi,
-            int64_t h, int64_t t) {
+  void plan(std::initializer_list<const void*> xs, int64_t elem, int64_t T, int64_t H, int64_t bi, int64_t h,
+            int64_t t) {
     t = std::min(t, T - 1);
     const int64_t offset = ((bi * T + t) * H + h) * N * elem, bytes = N * elem;
     n = 0;
     for (const void* x : xs) {
       const char* row = static_cast<const char*>(x) + offset;
-      for (int64_t off = 0; off < bytes && n < MaxLines; off += 64) lines[n++] = row + off;
+      for (int64_t off = 0; off < bytes && n < N / Stride; off += 64) lines[n++] = row + off;
     }
   }
 
-  void issue(int i) const {
-    if (i < n) prefetch_l2(lines[i]);
+  void at(int j) const {
+    if (j % Stride == 0 && j / Stride < n) prefetch_l2(lines[j / Stride]);
   }
 };
 
