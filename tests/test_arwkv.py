@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from _model_helpers import hearscan_validate_available
 from hear_modules import arwkv
 from hearscan.errors import AudioInputError, CheckpointError, UserFacingError
 
@@ -248,13 +249,7 @@ def test_bfloat16_runs_close_to_float32(audio, expected):
     assert (emb[0] - expected["embedding"][0]).abs().max() < 0.05  # measured 8.2e-3 (max |emb| 3.7)
 
 
-def _hearscan_validate_available() -> bool:
-    exe = Path(sys.executable).parent / "hearscan"
-    out = subprocess.run([str(exe), "validate", "--help"], capture_output=True, text=True)
-    return out.returncode == 0
-
-
-@pytest.mark.skipif(not _hearscan_validate_available(), reason="`hearscan validate` not available yet")
+@pytest.mark.skipif(not hearscan_validate_available(), reason="`hearscan validate` not available yet")
 @pytest.mark.parametrize("with_checkpoint", [True, False])
 def test_hear_validator_passes(with_checkpoint):
     exe = Path(sys.executable).parent / "hearscan"

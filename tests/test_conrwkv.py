@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _model_helpers import hearscan_validate_available
 from hear_modules import conrwkv
 from hearscan.errors import AudioInputError, CheckpointError, UserFacingError
 
@@ -188,12 +189,7 @@ def test_random_default_and_options(capsys):
         conrwkv.load_model(scan_backend="fast")
 
 
-def _validate_available() -> bool:
-    exe = Path(sys.executable).parent / "hearscan"
-    return subprocess.run([str(exe), "validate", "--help"], capture_output=True).returncode == 0
-
-
-@pytest.mark.skipif(not _validate_available(), reason="`hearscan validate` not available yet")
+@pytest.mark.skipif(not hearscan_validate_available(), reason="`hearscan validate` not available yet")
 @pytest.mark.parametrize("with_checkpoint", [True, False])
 def test_hear_validator_passes(tmp_path, with_checkpoint):
     cmd = [str(Path(sys.executable).parent / "hearscan"), "validate", "hear_modules.conrwkv", "--device", "cpu"]
