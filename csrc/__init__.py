@@ -1,7 +1,8 @@
 """Scan kernels for linear-time audio backbones, each beside its pure-PyTorch reference.
 
 One file per operator: `csrc/<op>.py` holds the reference (the truth) and the dispatching binding with
-the same signature; `csrc/<op>_cpu.cpp` holds the compiled CPU kernel (and, later, `<op>_cuda.cu`).
+the same signature; `csrc/<op>_cpu.cpp` holds the compiled CPU kernel and `csrc/<op>_cuda.cu` the CUDA
+one (same signature; built with nvcc on first use when a GPU is present).
 The backend is chosen per call (`backend=`) or for the process with `HEARSCAN_SCAN_BACKEND`:
 `auto` (compiled kernel when it can be built, else the reference), `compiled`, `reference`.
 

@@ -7,14 +7,20 @@ instruction-set flags, because `-march=native` code from one machine may not run
 shares the home directory.  A finished build is marked with a `.built` file and later processes
 import that library directly (no compiler, no ninja run).  `make setup` pre-builds every kernel (`python -m hearscan.bench build-kernels`).
 
+`load(op, "cuda")` does the same for `csrc/<op>_cuda.cu` (and the headers `csrc/*.cuh`) with nvcc, for
+the compute capability of the current GPU; that key also holds torch's CUDA version and the
+capability.  It needs a CUDA build of torch, a visible GPU and nvcc (`CUDA_HOME`, else the `nvcc` on
+the PATH); a CPU-only install never compiles or imports CUDA code.
+
 `resolve_backend(backend, op, device=None)` turns the user's choice (argument, else
 `$HEARSCAN_SCAN_BACKEND`, else "auto") into "compiled" or "reference".  "auto" falls back to the
 reference with one warning when the kernel cannot be built; "compiled" raises `KernelBuildError`
-with the reason.  Kernels are per device type: only CPU kernels exist today; tensors on another
-device use the reference under "auto" (a CUDA kernel `csrc/<op>_cuda.cu` slots in via `load`).
+with the reason.  Kernels are per device type: CPU and CUDA; tensors on any other device use the
+reference under "auto".
 
-Kernel sources are compiled with `-O3 -march=native -fopenmp -ffp-contract=fast` and 512-bit vectors
+CPU kernel sources are compiled with `-O3 -march=native -fopenmp -ffp-contract=fast` and 512-bit vectors
 preferred; use `at::parallel_for` for threads (torch's pool, so `torch.set_num_threads` applies).
+CUDA sources with `-O3 -lineinfo` and one `-gencode` for the GPU in use.
 """
 
 from __future__ import annotations
@@ -39,10 +45,12 @@ _ENV = "HEARSCAN_SCAN_BACKEND"
 # change every build key computed later in the same process.
 CFLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-ffp-contract=fast")
 LDFLAGS = ("-fopenmp",)
+CUDA_CFLAGS = ("-O3", "-lineinfo")
+DEVICE_TYPES = ("cpu", "cuda")  # the device types that have compiled kernels
 _lock = threading.Lock()
-_loaded: dict[str, object] = {}
-_failed: dict[str, str] = {}
-_warned: set[str] = set()
+_loaded: dict[tuple[str, str], object] = {}
+_failed: dict[tuple[str, str], str] = {}
+_warned: set[tuple[str, str]] = set()
 
 
 class KernelBuildError(RuntimeError):
@@ -86,8 +94,8 @@ def resolve_backend(backend: str | None, op: str, device=None) -> str:
         return "compiled"
     except KernelBuildError as err:
         dev = _device_type(device)
-        if dev == "cpu" and op not in _warned:
-            _warned.add(op)
+        if dev in DEVICE_TYPES and (op, dev) not in _warned:
+            _warned.add((op, dev))
             warnings.warn(f"{err}; using the (much slower) PyTorch reference for {op}", stacklevel=3)
         return "reference"
 
@@ -103,31 +111,46 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def sources(op: str) -> list[Path]:
-    return sorted(HERE.glob(f"{op}_cpu.cpp"))
+def sources(op: str, device: str = "cpu") -> list[Path]:
+    return sorted(HERE.glob(f"{op}_cpu.cpp" if device == "cpu" else f"{op}_{device}.cu"))
 
 
-def headers() -> list[Path]:
-    """The shared headers (`csrc/*.h`) that kernel sources include; each is part of every build key."""
-    return sorted(HERE.glob("*.h"))
+def headers(device: str = "cpu") -> list[Path]:
+    """The shared headers that kernel sources include (`csrc/*.h`; CUDA: `csrc/*.cuh`); part of every key."""
+    return sorted(HERE.glob("*.h" if device == "cpu" else "*.cuh"))
 
 
-def build_key(op: str) -> str:
+def _cuda_capability() -> str:
+    """Compute capability of the current GPU as "90" (for -gencode and the build key)."""
+    major, minor = torch.cuda.get_device_capability()
+    return f"{major}{minor}"
+
+
+def _cuda_flags() -> tuple[str, ...]:
+    cc = _cuda_capability()
+    return CUDA_CFLAGS + (f"-gencode=arch=compute_{cc},code=sm_{cc}",)
+
+
+def build_key(op: str, device: str = "cpu") -> str:
     """Hash of everything the compiled library depends on (its source and every shared header)."""
     h = hashlib.sha256()
-    for src in sources(op) + headers():
+    for src in sources(op, device) + headers(device):
         h.update(src.name.encode())
         h.update(src.read_bytes())
     h.update(torch.__version__.encode())
     h.update(platform.machine().encode())
-    h.update(_cpu_flags().encode())
-    h.update(" ".join(CFLAGS + LDFLAGS).encode())
     h.update(os.environ.get("CXX", "c++").encode())
+    if device == "cpu":
+        h.update(_cpu_flags().encode())
+        h.update(" ".join(CFLAGS + LDFLAGS).encode())
+    else:
+        h.update(f"cuda={torch.version.cuda} {' '.join(_cuda_flags())}".encode())
     return h.hexdigest()[:16]
 
 
-def build_dir(op: str) -> Path:
-    return cache_root() / "kernels" / f"{op}-{build_key(op)}"
+def build_dir(op: str, device: str = "cpu") -> Path:
+    suffix = "" if device == "cpu" else f"-{device}"
+    return cache_root() / "kernels" / f"{op}{suffix}-{build_key(op, device)}"
 
 
 def _import_built(name: str, directory: Path):
@@ -139,6 +162,31 @@ def _import_built(name: str, directory: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _nvcc() -> str | None:
+    """Path of nvcc: $CUDA_HOME/bin/nvcc (as torch finds CUDA_HOME), else the PATH's; None if absent."""
+    from torch.utils import cpp_extension
+
+    home = cpp_extension.CUDA_HOME
+    if home and Path(home, "bin", "nvcc").exists():
+        return str(Path(home, "bin", "nvcc"))
+    return shutil.which("nvcc")
+
+
+def _missing_cuda(op: str) -> str | None:
+    """Why the CUDA kernel for `op` cannot be built here (None when it can)."""
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) has no CUDA support, so there is no CUDA {op} kernel"
+    if not torch.cuda.is_available():
+        return f"no CUDA device is visible, so the CUDA {op} kernel cannot be built"
+    if _nvcc() is None:
+        return (
+            f"nvcc (the CUDA compiler, needed once to build the CUDA {op} kernel) was not found; install the "
+            f"CUDA toolkit {torch.version.cuda} (torch's CUDA version) and set CUDA_HOME, "
+            "or run with HEARSCAN_SCAN_BACKEND=reference"
+        )
+    return None
 
 
 def _missing_tool(op: str) -> str | None:
@@ -159,62 +207,74 @@ def _missing_tool(op: str) -> str | None:
 def load(op: str, device=None):
     """Compile (once) and import the kernel for `op` on `device`; raise KernelBuildError if impossible."""
     dev = _device_type(device)
-    if dev != "cpu":
+    slot = (op, dev)
+    if slot in _loaded:
+        return _loaded[slot]
+    if slot in _failed:
+        raise KernelBuildError(_failed[slot])
+    if dev not in DEVICE_TYPES:
         raise KernelBuildError(
-            f"no compiled {op} kernel for {dev} tensors yet (only CPU kernels exist); "
+            f"no compiled {op} kernel for {dev} tensors (kernels exist for {', '.join(DEVICE_TYPES)}); "
             "use backend='reference' or move the tensors to the CPU"
         )
-    if op in _loaded:
-        return _loaded[op]
-    if op in _failed:
-        raise KernelBuildError(_failed[op])
     with _lock:
-        if op in _loaded:
-            return _loaded[op]
-        if op in _failed:
-            raise KernelBuildError(_failed[op])
-        if not sources(op):
-            _failed[op] = f"no compiled kernel for {op} (csrc/{op}_cpu.cpp is missing)"
-            raise KernelBuildError(_failed[op])
-        key = build_key(op)
-        name = f"hearscan_{op}_{key}"
-        directory = build_dir(op)
+        if slot in _loaded:
+            return _loaded[slot]
+        if slot in _failed:
+            raise KernelBuildError(_failed[slot])
+        problem = _missing_cuda(op) if dev == "cuda" else None
+        if problem is None and not sources(op, dev):
+            src = f"csrc/{op}_cpu.cpp" if dev == "cpu" else f"csrc/{op}_{dev}.cu"
+            problem = f"no compiled {dev} kernel for {op} ({src} is missing)"
+        if problem:
+            _failed[slot] = problem
+            raise KernelBuildError(problem)
+        key = build_key(op, dev)
+        name = f"hearscan_{op}_{dev}_{key}"
+        directory = build_dir(op, dev)
         module = _import_built(name, directory)
         if module is None:
             problem = _missing_tool(op)
             if problem:
-                _failed[op] = problem
+                _failed[slot] = problem
                 raise KernelBuildError(problem)
-            module = _compile(op, name, directory)
-        _loaded[op] = module
+            module = _compile(op, dev, name, directory)
+        _loaded[slot] = module
         return module
 
 
-def _compile(op: str, name: str, directory: Path):
+def _compile(op: str, dev: str, name: str, directory: Path):
     from torch.utils import cpp_extension
 
     directory.mkdir(parents=True, exist_ok=True)
+    label = op if dev == "cpu" else f"{dev.upper()} {op}"
     if os.environ.get("HEARSCAN_BUILD_QUIET") != "1":
-        print(f"hearscan: compiling the {op} kernel (once; cached in {directory})", file=sys.stderr)
+        print(f"hearscan: compiling the {label} kernel (once; cached in {directory})", file=sys.stderr)
+    flags = dict(extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS))
+    if dev == "cuda":
+        # One -gencode for this GPU: torch then adds no arch flags of its own.
+        flags = dict(extra_cflags=["-O3"], extra_cuda_cflags=list(_cuda_flags()))
     try:
         # cpp_extension locks the build directory, so concurrent processes build it once.
         module = cpp_extension.load(
             name=name,
-            sources=[str(s) for s in sources(op)],
-            extra_cflags=list(CFLAGS),
-            extra_ldflags=list(LDFLAGS),
+            sources=[str(s) for s in sources(op, dev)],
             build_directory=str(directory),
             verbose=os.environ.get("HEARSCAN_BUILD_VERBOSE") == "1",
+            **flags,
         )
     except Exception as err:  # compiler errors surface as RuntimeError/CalledProcessError
-        _failed[op] = f"building the {op} kernel failed ({directory}): {err}"
-        raise KernelBuildError(_failed[op]) from err
+        _failed[(op, dev)] = f"building the {label} kernel failed ({directory}): {err}"
+        raise KernelBuildError(_failed[(op, dev)]) from err
     marker = directory / ".built"
     tmp = directory / f".built.{os.getpid()}.tmp"
-    tmp.write_text(key_info(op))
+    tmp.write_text(key_info(op, dev))
     os.replace(tmp, marker)  # the marker appears only once the library is complete
     return module
 
 
-def key_info(op: str) -> str:
+def key_info(op: str, device: str = "cpu") -> str:
+    if device == "cuda":
+        return (f"op={op}\ndevice=cuda\ntorch={torch.__version__}\ncuda={torch.version.cuda}\n"
+                f"cuda_cflags={' '.join(_cuda_flags())}\n")
     return f"op={op}\ntorch={torch.__version__}\ncflags={' '.join(CFLAGS)}\ncpu_flags={_cpu_flags()}\n"

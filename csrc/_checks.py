@@ -65,6 +65,19 @@ def require_wkv_head_and_state(op: str, r: torch.Tensor, state, max_head_size: i
         raise ValueError(f"{op}: state has shape {tuple(state.shape)}, expected (B, H, N, N) = {(B, H, N, N)}")
 
 
+def within_cuda_limit(op: str, device, value: int, limit: int, what: str, backend: str | None) -> bool:
+    """The CUDA kernels take `what` up to `limit` (the CPU kernels have no such limit): beyond it "auto"
+    uses the reference and "compiled" raises.  True on any other device."""
+    if device.type != "cuda" or value <= limit:
+        return True
+    if requested_backend(backend) == "compiled":
+        raise ValueError(
+            f"{op}: the CUDA kernel takes {what} up to {limit}, got {value}; use backend='reference' "
+            "(or 'auto', which falls back to it)"
+        )
+    return False
+
+
 def needs_grad(*tensors) -> bool:
     """Whether autograd needs a gradient through any of `tensors` (None and tuples of tensors allowed)."""
     if not torch.is_grad_enabled():

@@ -14,6 +14,11 @@ CPU time on 1 thread (what the kernel does with a core, even while other jobs sh
 cores x clock (from /proc/cpuinfo, "cpu MHz", i.e. no turbo) x SIMD lanes (16 with avx512f, 8 with
 avx2, else 4) x 2 FLOP per FMA x 2 FMA units per core (assumed; true of server AVX-512 cores).
 Shared machines are noisy: compare ratios measured in the same run, not absolute times across runs.
+
+`--device cuda` times the CUDA kernels instead, on the current GPU: compiled ms against the reference
+loop on the same GPU (each call synchronised), tokens/s and GFLOP/s; for mLSTM also against the official
+quadratic parallel form (xLSTM's GPU path) on the GPU, and with `--rwkv-cuda DIR` against RWKV-LM's own
+CUDA kernels for WKV-7 and WKV-6, built from that checkout's sources (csrc/bench_official_cuda.py).
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--min-time", type=float, default=0.3, help="seconds of repeated calls per compiled timing (default 0.3)"
     )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="time the CPU kernels (default) or the CUDA kernels on the current GPU")
+    parser.add_argument("--rwkv-cuda", metavar="DIR", default=None,
+                        help="with --device cuda: a folder with RWKV-LM's WKV-7/WKV-6 CUDA sources to compare with")
     parser.set_defaults(func=run)
 
 
@@ -168,6 +177,67 @@ def bench_op(op: str, long: bool, dtype, threads: int, min_time: float, info: di
     return {"op": op, "cases": rows}
 
 
+def _on_cuda(kwargs: dict) -> dict:
+    import torch
+
+    return {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+
+
+def bench_op_cuda(op: str, long: bool, dtype, min_time: float, log, official=None) -> dict:
+    """One op's CUDA kernel against the reference loop on the GPU (and the official kernel, when given)."""
+    import torch
+
+    module = importlib.import_module(f"csrc.{op}")
+    fn = getattr(module, op)
+    from csrc import _build
+
+    try:
+        _build.load(op, "cuda")
+    except _build.KernelBuildError as err:
+        return {"op": op, "skipped": f"CUDA kernel unavailable: {err}"}
+    theirs = official.get(op) if official else None
+    if op == "mlstm":
+        theirs = ("official parallel form", lambda kw: module.mlstm_parallel_reference(
+            **{k: kw[k] for k in ("q", "k", "v", "igate", "fgate")}))
+    rows = []
+    for case in module.bench_cases(long):
+        kwargs = _on_cuda(case["make_inputs"](dtype))
+        log(f"  {op} {case['name']} {case['shape']} (cuda) ...")
+
+        def synced(call):
+            def run():
+                call()
+                torch.cuda.synchronize()
+            return run
+
+        compiled, _ = _time_call(synced(lambda: fn(**kwargs, backend="compiled")), min_time)
+        reference = None
+        if case.get("reference", True):
+            reference = min(_time_once(synced(lambda: fn(**kwargs, backend="reference"))) for _ in range(2))
+        other = diff = None
+        if theirs is not None:
+            other, _ = _time_call(synced(lambda: theirs[1](kwargs)), min_time)
+            ours = fn(**kwargs, backend="compiled").float()
+            diff = (theirs[1](kwargs).float() - ours).abs().max().item() / max(ours.abs().max().item(), 1e-30)
+        gflops = case["flops"] / compiled / 1e9
+        rows.append({
+            "name": case["name"],
+            "shape": case["shape"],
+            "scaling_T": case.get("scaling_T"),
+            "compiled_ms": compiled * 1e3,
+            "reference_ms": None if reference is None else reference * 1e3,
+            "speedup": None if reference is None else reference / compiled,
+            "official": None if theirs is None else theirs[0],
+            "official_ms": None if other is None else other * 1e3,
+            "vs_official": None if other is None else other / compiled,
+            "official_rel_diff": diff,
+            "tokens_per_s": case["tokens"] / compiled,
+            "ns_per_token": compiled / case["tokens"] * 1e9,
+            "gflops": gflops,
+        })
+    return {"op": op, "cases": rows}
+
+
 # ---------------------------------------------------------------------------------------------- output
 
 def _cell(x, spec: str, width: int, suffix: str = "") -> str:
@@ -211,6 +281,42 @@ def print_table(results: list[dict], info: dict, threads: int, dtype_name: str) 
           "jobs on the machine). Compare ratios from one run, not absolute times across runs.")
 
 
+CUDA_COLUMNS = [  # (title, width, key, format, suffix)
+    ("compiled ms", 12, "compiled_ms", ".4f", ""),
+    ("ref ms", 10, "reference_ms", ".1f", ""),
+    ("speed-up", 10, "speedup", ".0f", "x"),
+    ("official ms", 12, "official_ms", ".4f", ""),
+    ("vs official", 12, "vs_official", ".2f", "x"),
+    ("max diff", 10, "official_rel_diff", ".1e", ""),
+    ("tokens/s", 10, "tokens_per_s", ".3g", ""),
+    ("GFLOP/s", 9, "gflops", ".1f", ""),
+]
+
+
+def print_cuda_table(results: list[dict], gpu: str, dtype_name: str) -> None:
+    print(f"GPU: {gpu}; inputs {dtype_name}")
+    head = f"{'op':<15}{'case':<24}{'shape':<22}" + "".join(t.rjust(w) for t, w, *_ in CUDA_COLUMNS)
+    print(head)
+    print("-" * len(head))
+    for res in results:
+        if "skipped" in res:
+            print(f"{res['op']:<15}skipped: {res['skipped']}")
+            continue
+        for r in res["cases"]:
+            cells = "".join(_cell(r[key], spec, w, suffix) for _, w, key, spec, suffix in CUDA_COLUMNS)
+            print(f"{res['op']:<15}{r['name']:<24}{r['shape']:<22}{cells}")
+        named = sorted({r["official"] for r in res["cases"] if r.get("official")})
+        if named:
+            print(f"{'':<15}official = {', '.join(named)}")
+        line = _scaling_line(res)
+        if line:
+            print(f"{'':<15}T-scaling, compiled ns per token: {line}")
+    print("speed-up = reference ms / compiled ms (the reference loop on the same GPU); "
+          "vs official = official ms / compiled ms (> 1: ours is faster);\n"
+          "max diff = largest |official - ours| over the largest |ours|.  "
+          "Every call is synchronised; times are medians of repeated calls.")
+
+
 def _scaling_line(res: dict) -> str:
     pts = sorted((r["scaling_T"], r["ns_per_token"]) for r in res.get("cases", []) if r.get("scaling_T"))
     if len(pts) < 2:
@@ -232,8 +338,12 @@ def run(args) -> int:
         raise UserFacingError("--threads must be at least 1")
     threads = args.threads or torch.get_num_threads()
     dtype = getattr(torch, args.dtype)
-    info = cpu_info()
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if args.device == "cuda":
+        return run_cuda(args, ops, dtype, log)
+    if args.rwkv_cuda:
+        raise UserFacingError("--rwkv-cuda compares CUDA kernels: add --device cuda")
+    info = cpu_info()
     with torch_threads():
         results = [bench_op(op, args.long, dtype, threads, args.min_time, info, log) for op in ops]
     if args.json:
@@ -241,4 +351,43 @@ def run(args) -> int:
                           "results": results}, indent=2))
     else:
         print_table(results, info, threads, args.dtype)
+    return 0
+
+
+def _gpu_warmup(seconds: float = 2.0) -> None:
+    """Keep the GPU busy for a moment first: an idle GPU runs at a low clock, which would inflate the first
+    cases' times (seen as 2x swings between runs without this)."""
+    import torch
+
+    x = torch.randn(4096, 4096, device="cuda")
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        x = torch.tanh(x @ x * 1e-3)
+        torch.cuda.synchronize()
+
+
+def run_cuda(args, ops: list[str], dtype, log) -> int:
+    import torch
+
+    from hearscan.errors import UserFacingError
+
+    if not torch.cuda.is_available():
+        raise UserFacingError(
+            "--device cuda needs a CUDA build of torch and a visible GPU "
+            f"(torch {torch.__version__}, CUDA {torch.version.cuda or 'none'}); "
+            "run without --device to time the CPU kernels"
+        )
+    official = None
+    if args.rwkv_cuda:
+        from csrc.bench_official_cuda import load_rwkv_kernels
+
+        official = load_rwkv_kernels(args.rwkv_cuda, log, dtype)
+    gpu = torch.cuda.get_device_name()
+    _gpu_warmup()
+    results = [bench_op_cuda(op, args.long, dtype, args.min_time, log, official) for op in ops]
+    if args.json:
+        print(json.dumps({"gpu": gpu, "dtype": args.dtype, "torch": torch.__version__, "cuda": torch.version.cuda,
+                          "results": results}, indent=2))
+    else:
+        print_cuda_table(results, gpu, args.dtype)
     return 0

@@ -18,7 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from csrc._build import load, resolve_backend
-from csrc._checks import KERNEL_DTYPES, bench_case, kernel_for, needs_grad, require_real_tensors
+from csrc._checks import (
+    KERNEL_DTYPES, bench_case, kernel_for, needs_grad, require_real_tensors, within_cuda_limit,
+)
+
+CUDA_MAX_QK_WIDTH = 512  # the CUDA kernel's limit on the q/k head width (mlstm_cuda.cu)
 
 
 def mlstm_parallel_reference(q, k, v, igate, fgate, eps=1e-6):
@@ -48,7 +52,7 @@ def mlstm_reference(q, k, v, igate, fgate, state=None, return_state=False, eps=1
     k = k / math.sqrt(DH)
     log_f = F.logsigmoid(fgate)
     if state is None:
-        Cs = q.new_zeros(B, H, DH, DH)
+        Cs = q.new_zeros(B, H, v.shape[-1], DH)
         n = q.new_zeros(B, H, DH)
         m = q.new_full((B, H), -float("inf"))
     else:
@@ -80,7 +84,8 @@ def mlstm(q, k, v, igate, fgate, state=None, return_state=False, eps=1e-6, backe
     """
     igate, fgate = _check_inputs(q, k, v, igate, fgate, state)
     kernel = None
-    if resolve_backend(backend, "mlstm") == "compiled":
+    if (resolve_backend(backend, "mlstm", q.device) == "compiled"
+            and within_cuda_limit("mlstm", q.device, q.shape[3], CUDA_MAX_QK_WIDTH, "q/k widths", backend)):
         grad = needs_grad(q, k, v, igate, fgate, state)
         kernel = kernel_for("mlstm", _KERNELS, q.device, backend, needs_grad=grad)
     if kernel is None:
@@ -114,8 +119,12 @@ def _cpu_kernel(*args):
     return load("mlstm").forward(*args)
 
 
-# Compiled kernels by device type; a CUDA kernel slots in as "cuda".
-_KERNELS = {"cpu": _cpu_kernel}
+def _cuda_kernel(*args):
+    return load("mlstm", "cuda").forward(*args)
+
+
+# Compiled kernels by device type, one signature (the CUDA kernel is recurrent and ignores the chunk size).
+_KERNELS = {"cpu": _cpu_kernel, "cuda": _cuda_kernel}
 
 
 def _check_inputs(q, k, v, igate, fgate, state):

@@ -14,7 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from csrc._build import load, resolve_backend
-from csrc._checks import KERNEL_DTYPES, bench_case, kernel_for, needs_grad, require_real_tensors
+from csrc._checks import (
+    KERNEL_DTYPES, bench_case, kernel_for, needs_grad, require_real_tensors, within_cuda_limit,
+)
+
+CUDA_MAX_DSTATE = 64  # the CUDA kernel's limit (selective_scan_cuda.cu)
 
 
 def selective_scan_reference(
@@ -58,7 +62,8 @@ def selective_scan(
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias, state)
     kernel = None
-    if resolve_backend(backend, "selective_scan") == "compiled":
+    if (resolve_backend(backend, "selective_scan", u.device) == "compiled"
+            and within_cuda_limit("selective_scan", u.device, A.shape[1], CUDA_MAX_DSTATE, "d_state", backend)):
         grad = needs_grad(u, delta, A, B, C, D, z, delta_bias, state)
         kernel = kernel_for("selective_scan", _KERNELS, u.device, backend, needs_grad=grad)
     if kernel is None:
@@ -86,8 +91,12 @@ def _cpu_kernel(*args):
     return load("selective_scan").forward(*args)
 
 
-# Compiled kernels by device type; a CUDA kernel slots in as "cuda".
-_KERNELS = {"cpu": _cpu_kernel}
+def _cuda_kernel(*args):
+    return load("selective_scan", "cuda").forward(*args)
+
+
+# Compiled kernels by device type, one signature.
+_KERNELS = {"cpu": _cpu_kernel, "cuda": _cuda_kernel}
 
 
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias, state):

@@ -14,10 +14,11 @@ import torch
 from csrc._build import load
 from csrc._checks import (
     bench_case, require_device, require_kernel_dtype, require_like, require_tensors,
-    require_wkv_head_and_state, wants_compiled,
+    require_wkv_head_and_state, wants_compiled, within_cuda_limit,
 )
 
-MAX_HEAD_SIZE = 1024  # the compiled kernel's limit (kMaxHeadSize in wkv6_cpu.cpp)
+MAX_HEAD_SIZE = 1024  # the CPU kernel's limit (kMaxHeadSize in wkv6_cpu.cpp)
+CUDA_MAX_HEAD_SIZE = 128  # the CUDA kernel's (wkv6_cuda.cu)
 
 
 def wkv6_reference(r, k, v, w, u, state=None, return_state=False, backend=None):
@@ -63,11 +64,10 @@ def wkv6(r, k, v, w, u, state=None, return_state=False, backend=None):
     `backend`: "auto" | "compiled" | "reference" (default: $HEARSCAN_SCAN_BACKEND or auto).
     """
     _check_inputs(r, k, v, w, u, state)
-    if not wants_compiled("wkv6", backend, r.device, (r, k, v, w, u, state)):
+    if not (wants_compiled("wkv6", backend, r.device, (r, k, v, w, u, state))
+            and within_cuda_limit("wkv6", r.device, r.shape[3], CUDA_MAX_HEAD_SIZE, "head sizes", backend)):
         return wkv6_reference(r, k, v, w, u, state=state, return_state=return_state)
-    # Only CPU kernels exist; resolve_backend sends other devices to the reference (or raises), so a
-    # CUDA kernel would be one more branch here on r.device.
-    kernel = load("wkv6", r.device)
+    kernel = load("wkv6", r.device)  # the CPU or the CUDA kernel: one signature
     out = kernel.forward(
         *(x.contiguous() for x in (r, k, v, w)),
         u.float().contiguous(),

@@ -17,10 +17,11 @@ import torch
 from csrc._build import load
 from csrc._checks import (
     bench_case, require_device, require_kernel_dtype, require_like, require_tensors,
-    require_wkv_head_and_state, wants_compiled,
+    require_wkv_head_and_state, wants_compiled, within_cuda_limit,
 )
 
-MAX_HEAD_SIZE = 1024  # the compiled kernel's limit (kMaxHeadSize in wkv7_cpu.cpp)
+MAX_HEAD_SIZE = 1024  # the CPU kernel's limit (kMaxHeadSize in wkv7_cpu.cpp)
+CUDA_MAX_HEAD_SIZE = 128  # the CUDA kernel's (wkv7_cuda.cu)
 
 
 def wkv7_reference(r, w, k, v, a, b, state=None, return_state=False, backend=None):
@@ -65,11 +66,10 @@ def wkv7(r, w, k, v, a, b, state=None, return_state=False, backend=None):
     Inputs may be non-contiguous (e.g. time-flipped views); the compiled path copies them.
     """
     _check_inputs(r, w, k, v, a, b, state)
-    if not wants_compiled("wkv7", backend, r.device, (r, w, k, v, a, b, state)):
+    if not (wants_compiled("wkv7", backend, r.device, (r, w, k, v, a, b, state))
+            and within_cuda_limit("wkv7", r.device, r.shape[3], CUDA_MAX_HEAD_SIZE, "head sizes", backend)):
         return wkv7_reference(r, w, k, v, a, b, state=state, return_state=return_state)
-    # Only CPU kernels exist; resolve_backend sends other devices to the reference (or raises), so a
-    # CUDA kernel would be one more branch here on r.device.
-    kernel = load("wkv7", r.device)
+    kernel = load("wkv7", r.device)  # the CPU or the CUDA kernel: one signature
     out = kernel.forward(
         *(x.contiguous() for x in (r, w, k, v, a, b)),
         None if state is None else state.float().contiguous(),

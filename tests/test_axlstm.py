@@ -79,6 +79,16 @@ def test_compiled_scan_matches_official(expected):
     assert (emb.mean(dim=1)[0] - expected["scene"][0]).abs().max().item() < 1e-4
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_kernel_matches_official(expected):
+    """On a GPU the model runs csrc/mlstm_cuda.cu, with the CPU kernel's tolerances against the official outputs."""
+    gpu = axlstm.load_model(str(CKPT_DIR), device="cuda", scan_backend="compiled")
+    emb = gpu.encode_logmel(expected["logmel_0"][:, 0].cuda()).cpu()
+    ref = expected["timestamp_embeddings_0"]
+    assert (emb - ref).abs().max().item() < 1e-3 and rel_fro(emb, ref) < 1e-4
+    assert (emb.mean(dim=1)[0] - expected["scene"][0]).abs().max().item() < 1e-4
+
+
 def test_mlstm_layer_equals_official_parallel_form(model):
     """The cell on csrc's linear-time scan equals the official quadratic `parallel_stabilized_simple`."""
     cell = model.encoder.blocks[1].layer.mlstm_cell

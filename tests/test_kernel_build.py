@@ -52,7 +52,7 @@ def test_compiling_leaves_the_build_keys_alone(tmp_path, monkeypatch, fresh_buil
     monkeypatch.setattr(cpp_extension, "load", load)
     monkeypatch.setenv("HEARSCAN_CACHE_DIR", str(tmp_path))
     keys = {op: _build.build_key(op) for op in ("wkv7", "wkv6")}
-    _build._compile("wkv7", "hearscan_wkv7_test", tmp_path / "wkv7")
+    _build._compile("wkv7", "cpu", "hearscan_wkv7_test", tmp_path / "wkv7")
     assert {op: _build.build_key(op) for op in ("wkv7", "wkv6")} == keys
 
 
@@ -120,11 +120,40 @@ def test_backend_from_environment(monkeypatch):
         _build.resolve_backend(None, "wkv7")
 
 
-def test_devices_without_a_kernel_use_the_reference():
-    """Only CPU kernels exist: "auto" sends other devices to the reference, "compiled" says why not."""
-    assert _build.resolve_backend("auto", "wkv7", torch.device("cuda")) == "reference"
-    with pytest.raises(_build.KernelBuildError, match="no compiled wkv7 kernel for cuda"):
+def test_devices_without_a_kernel_use_the_reference(fresh_build_state):
+    """Kernels exist for CPU and CUDA: "auto" sends other devices to the reference, "compiled" says why not."""
+    assert _build.resolve_backend("auto", "wkv7", torch.device("meta")) == "reference"
+    with pytest.raises(_build.KernelBuildError, match="no compiled wkv7 kernel for meta tensors"):
+        _build.resolve_backend("compiled", "wkv7", "meta")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_cuda_without_a_gpu_is_explained(fresh_build_state):
+    """On a machine without a GPU the CUDA kernels are never built; "compiled" says why, "auto" warns once."""
+    why = "no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+    with pytest.raises(_build.KernelBuildError, match=why):
         _build.resolve_backend("compiled", "wkv7", "cuda")
+    with pytest.warns(UserWarning, match="using the .*reference for wkv7"):
+        assert _build.resolve_backend("auto", "wkv7", torch.device("cuda")) == "reference"
+
+
+def test_cuda_sources_have_their_own_key(tmp_path, monkeypatch):
+    """Every op has a CUDA source beside its CPU one, each .cu includes only keyed headers (csrc/*.cuh),
+    and editing a .cuh changes no CPU key (the CPU build never reads it)."""
+    for op in _build.OPS:
+        assert _build.sources(op, "cuda") == [_build.HERE / f"{op}_cuda.cu"], op
+        for line in (_build.HERE / f"{op}_cuda.cu").read_text().splitlines():
+            if line.startswith('#include "'):
+                assert (_build.HERE / line.split('"')[1]) in _build.headers("cuda"), (op, line)
+    for src in [f"{op}_cpu.cpp" for op in _build.OPS] + [h.name for h in _build.headers()]:
+        shutil.copy(_build.HERE / src, tmp_path / src)
+    for h in _build.headers("cuda"):
+        shutil.copy(h, tmp_path / h.name)
+    monkeypatch.setattr(_build, "HERE", tmp_path)
+    keys = {op: _build.build_key(op) for op in _build.OPS}
+    with open(tmp_path / "cuda_common.cuh", "a") as f:
+        f.write("\n// changed\n")
+    assert {op: _build.build_key(op) for op in _build.OPS} == keys
 
 
 def test_compile_error_is_reported(tmp_path, monkeypatch, fresh_build_state):
@@ -181,6 +210,23 @@ def test_bench_kernels_command(monkeypatch, capsys):
     row = doc["results"][0]["cases"][0]
     assert row["speedup"] > 0 and row["gflops"] > 0 and 0 < row["fraction_of_peak"]
     assert doc["cpu"]["fp32_peak_gflops_per_core"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_bench_kernels_on_cuda_without_a_gpu_is_explained():
+    import argparse
+
+    from csrc import bench
+    from hearscan.errors import UserFacingError
+
+    parser = argparse.ArgumentParser()
+    bench.register(parser.add_subparsers())
+    args = parser.parse_args(["kernels", "--device", "cuda"])
+    with pytest.raises(UserFacingError, match="--device cuda needs a CUDA build of torch and a visible GPU"):
+        args.func(args)
+    args = parser.parse_args(["kernels", "--rwkv-cuda", "RWKV-LM"])
+    with pytest.raises(UserFacingError, match="add --device cuda"):
+        args.func(args)
 
 
 # --------------------------------------------------------------------------- hearscan bench ggml

@@ -103,6 +103,14 @@ def test_value_dim_differs_from_key_dim(chunk):
     assert_close(h, csrc.mlstm_parallel_reference(**kw))
 
 
+def test_reference_with_a_value_dim_unlike_the_key_dim():
+    """The recurrent reference's state is (DV, DQK) when v is wider than q and k (it once assumed DV = DQK)."""
+    kw = make_inputs(2, 2, 40, 8, DV=12, seed=2)
+    h, (C, n, m) = csrc.mlstm_reference(**kw, return_state=True)
+    assert C.shape == (2, 2, 12, 8) and n.shape == (2, 2, 8)
+    assert_close(h, csrc.mlstm_parallel_reference(**kw))
+
+
 @needs_kernel
 @pytest.mark.parametrize("chunk_len", [None, 5, 64])
 def test_state_equals_recurrent_reference(chunk_len, chunk):

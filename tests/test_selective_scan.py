@@ -246,7 +246,7 @@ def test_device_without_kernel(monkeypatch):
     """Under 'auto' a device with no compiled kernel falls back to the reference; 'compiled' says so."""
     monkeypatch.setattr(ss_mod, "_KERNELS", {})
     kw = make_inputs(1, 3, 4, 5)
-    monkeypatch.setattr(ss_mod, "resolve_backend", lambda backend, op: "compiled")
+    monkeypatch.setattr(ss_mod, "resolve_backend", lambda backend, op, device=None: "compiled")
     torch.testing.assert_close(csrc.selective_scan(**kw), csrc.selective_scan_reference(**kw))
     with pytest.raises(ValueError, match="does not exist for cpu tensors"):
         csrc.selective_scan(**kw, backend="compiled")

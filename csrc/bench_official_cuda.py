@@ -1,0 +1,75 @@
+"""RWKV-LM's own CUDA kernels, for `hearscan bench kernels --device cuda --rwkv-cuda DIR`.
+
+hearscan ships none of RWKV-LM's code: DIR is a checkout of github.com/BlinkDL/RWKV-LM (or a folder that
+holds its files at the same relative paths), and its kernels are built here with the flags RWKV-LM's
+own training code uses.  The kernels compared:
+
+- WKV-7: `RWKV-v7/train_temp/cuda/wkv7_cuda{,_fp32}.cu` + `wkv7_op{,_fp32}.cpp` (op
+  `wind_backstepping`, the x070 kernel of RWKV-LM's training code; the fp32 or bf16 build to match the
+  inputs, one per process since both register the same op name).  Same decay convention as ours
+  (exp(-exp(w))); T must be a multiple of 16; its forward also writes the state every 16 steps and
+  the a-products for its backward pass, buffers that are allocated per call here as RWKV-LM does.
+- WKV-6: `RWKV-v5/cuda/wkv6_cuda.cu` + `wkv6_op.cpp` (op `wkv6`), bfloat16 only (u too).
+
+Each returns y, so the benchmark also reports the largest difference from our kernel's output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FLAGS = ["-res-usage", "--use_fast_math", "-O3", "-Xptxas -O3", "--extra-device-vectorization"]
+
+
+def _build(name: str, sources: list[Path], defines: list[str], log) -> None:
+    import torch
+    from torch.utils import cpp_extension
+
+    missing = [str(s) for s in sources if not s.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"RWKV-LM source(s) not found: {', '.join(missing)} (is --rwkv-cuda an RWKV-LM checkout?)"
+        )
+    cc = "".join(map(str, torch.cuda.get_device_capability()))
+    log(f"  building RWKV-LM's {name} ({', '.join(s.name for s in sources)}) ...")
+    cpp_extension.load(name=name, sources=[str(s) for s in sources], is_python_module=False, verbose=False,
+                       extra_cuda_cflags=FLAGS + defines + [f"-gencode=arch=compute_{cc},code=sm_{cc}"])
+
+
+def load_rwkv_kernels(root: str, log, dtype) -> dict:
+    """{op: (label, run(kwargs) -> y)} for the RWKV-LM kernels that take inputs of `dtype`."""
+    import torch
+
+    root = Path(root)
+    kernels = {}
+    fp32 = dtype == torch.float32
+    cuda7 = root / "RWKV-v7" / "train_temp" / "cuda"
+    suffix = "_fp32" if fp32 else ""
+    _build(f"rwkvlm_wkv7{suffix}", [cuda7 / f"wkv7_op{suffix}.cpp", cuda7 / f"wkv7_cuda{suffix}.cu"],
+           ["-D_C_=64", "-D_CHUNK_LEN_=16"], log)
+
+    def wkv7(kw):
+        r, w, k, v, a, b = (kw[n].contiguous() for n in ("r", "w", "k", "v", "a", "b"))
+        B, T, H, N = r.shape
+        if N != 64 or T % 16:
+            raise ValueError("RWKV-LM's WKV-7 kernel needs head size 64 and T a multiple of 16")
+        y = torch.empty_like(v)
+        s = torch.empty(B, H, T // 16, N, N, dtype=torch.float32, device=r.device)
+        sa = torch.empty(B, T, H, N, dtype=torch.float32, device=r.device)
+        torch.ops.wind_backstepping.forward(w, r, k, v, a, b, y, s, sa)
+        return y
+
+    kernels["wkv7"] = (f"RWKV-LM wind_backstepping ({'fp32' if fp32 else 'bf16'})", wkv7)
+    if not fp32:
+        cuda6 = root / "RWKV-v5" / "cuda"
+        _build("rwkvlm_wkv6", [cuda6 / "wkv6_op.cpp", cuda6 / "wkv6_cuda.cu"], ["-D_N_=64", "-D_T_=512"], log)
+
+        def wkv6(kw):
+            r, k, v, w = (kw[n].contiguous() for n in ("r", "k", "v", "w"))
+            B, T, H, N = r.shape
+            y = torch.empty_like(v)
+            torch.ops.wkv6.forward(B, T, H * N, H, r, k, v, w, kw["u"].to(torch.bfloat16).contiguous(), y)
+            return y
+
+        kernels["wkv6"] = ("RWKV-LM wkv6 (bf16)", wkv6)
+    return kernels
