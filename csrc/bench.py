@@ -17,8 +17,9 @@ Shared machines are noisy: compare ratios measured in the same run, not absolute
 
 `--device cuda` times the CUDA kernels instead, on the current GPU: compiled ms against the reference
 loop on the same GPU (each call synchronised), tokens/s and GFLOP/s; for mLSTM also against the official
-quadratic parallel form (xLSTM's GPU path) on the GPU, and with `--rwkv-cuda DIR` against RWKV-LM's own
-CUDA kernels for WKV-7 and WKV-6, built from that checkout's sources (csrc/bench_official_cuda.py).
+quadratic parallel form (xLSTM's GPU path) on the GPU, with `--rwkv-cuda DIR` against RWKV-LM's own
+CUDA kernels for WKV-7 and WKV-6, and with `--mamba-cuda DIR` against mamba's selective-scan kernel, each
+built from that checkout's sources (csrc/bench_official_cuda.py).
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def register(subparsers) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="time the CPU kernels (default) or the CUDA kernels on the current GPU")
     parser.add_argument("--rwkv-cuda", metavar="DIR", default=None,
-                        help="with --device cuda: a folder with RWKV-LM's WKV-7/WKV-6 CUDA sources to compare with")
+                        help="with --device cuda: an RWKV-LM checkout, to compare with its WKV-7/WKV-6 CUDA kernels")
+    parser.add_argument("--mamba-cuda", metavar="DIR", default=None,
+                        help="with --device cuda: a mamba checkout, to compare with its selective-scan CUDA kernel")
     parser.set_defaults(func=run)
 
 
@@ -341,8 +344,8 @@ def run(args) -> int:
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     if args.device == "cuda":
         return run_cuda(args, ops, dtype, log)
-    if args.rwkv_cuda:
-        raise UserFacingError("--rwkv-cuda compares CUDA kernels: add --device cuda")
+    if args.rwkv_cuda or args.mamba_cuda:
+        raise UserFacingError("--rwkv-cuda and --mamba-cuda compare CUDA kernels: add --device cuda")
     info = cpu_info()
     with torch_threads():
         results = [bench_op(op, args.long, dtype, threads, args.min_time, info, log) for op in ops]
@@ -377,11 +380,15 @@ def run_cuda(args, ops: list[str], dtype, log) -> int:
             f"(torch {torch.__version__}, CUDA {torch.version.cuda or 'none'}); "
             "run without --device to time the CPU kernels"
         )
-    official = None
+    official = {}
     if args.rwkv_cuda:
         from csrc.bench_official_cuda import load_rwkv_kernels
 
-        official = load_rwkv_kernels(args.rwkv_cuda, log, dtype)
+        official.update(load_rwkv_kernels(args.rwkv_cuda, log, dtype))
+    if args.mamba_cuda:
+        from csrc.bench_official_cuda import load_mamba_kernel
+
+        official.update(load_mamba_kernel(args.mamba_cuda, log))
     gpu = torch.cuda.get_device_name()
     _gpu_warmup()
     results = [bench_op_cuda(op, args.long, dtype, args.min_time, log, official) for op in ops]

@@ -11,7 +11,12 @@ own training code uses.  The kernels compared:
   the a-products for its backward pass, buffers that are allocated per call here as RWKV-LM does.
 - WKV-6: `RWKV-v5/cuda/wkv6_cuda.cu` + `wkv6_op.cpp` (op `wkv6`), bfloat16 only (u too).
 
-Each returns y, so the benchmark also reports the largest difference from our kernel's output.
+`--mamba-cuda DIR` (a checkout of github.com/state-spaces/mamba) adds mamba's `selective_scan_cuda.fwd`
+for the selective scan, built with mamba's own nvcc flags from `csrc/selective_scan/`: only its forward
+sources (the backward ones take many minutes); the extension still refers to the backward entry points,
+so it is imported with lazy symbol binding and only `fwd` is ever called.
+
+Each returns the output, so the benchmark also reports the largest difference from our kernel's.
 """
 
 from __future__ import annotations
@@ -34,6 +39,47 @@ def _build(name: str, sources: list[Path], defines: list[str], log) -> None:
     log(f"  building RWKV-LM's {name} ({', '.join(s.name for s in sources)}) ...")
     cpp_extension.load(name=name, sources=[str(s) for s in sources], is_python_module=False, verbose=False,
                        extra_cuda_cflags=FLAGS + defines + [f"-gencode=arch=compute_{cc},code=sm_{cc}"])
+
+
+MAMBA_FLAGS = ["-O3", "-std=c++17", "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
+               "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
+               "-U__CUDA_NO_BFLOAT162_OPERATORS__", "-U__CUDA_NO_BFLOAT162_CONVERSIONS__",
+               "--expt-relaxed-constexpr", "--expt-extended-lambda", "--use_fast_math", "-lineinfo"]
+
+
+def load_mamba_kernel(root: str, log) -> dict:
+    """{"selective_scan": (label, run(kwargs) -> out)} from a mamba checkout (forward only)."""
+    import os
+    import sys
+
+    import torch
+    from torch.utils import cpp_extension
+
+    src = Path(root) / "csrc" / "selective_scan"
+    sources = [src / "selective_scan.cpp"] + [src / f"selective_scan_fwd_{t}.cu" for t in ("fp32", "fp16", "bf16")]
+    missing = [str(s) for s in sources if not s.exists()]
+    if missing:
+        raise FileNotFoundError(f"mamba source(s) not found: {', '.join(missing)} (is --mamba-cuda a mamba checkout?)")
+    cc = "".join(map(str, torch.cuda.get_device_capability()))
+    log(f"  building mamba's selective_scan_cuda (forward sources of {src}) ...")
+    flags = sys.getdlopenflags()
+    sys.setdlopenflags(os.RTLD_LAZY | os.RTLD_LOCAL)  # the backward entry points stay unresolved
+    try:
+        module = cpp_extension.load(
+            name="mamba_selective_scan_fwd", sources=[str(s) for s in sources], verbose=False,
+            extra_cflags=["-O3", "-std=c++17"], extra_include_paths=[str(src)],
+            extra_cuda_cflags=MAMBA_FLAGS + [f"-gencode=arch=compute_{cc},code=sm_{cc}"])
+    finally:
+        sys.setdlopenflags(flags)
+
+    def run(kw):
+        u, delta, z = kw["u"], kw["delta"], kw.get("z")
+        B, C = (kw[n].to(u.dtype)[:, None] for n in ("B", "C"))  # (batch, 1 group, N, L)
+        D, bias = (None if kw.get(n) is None else kw[n].float() for n in ("D", "delta_bias"))
+        out = module.fwd(u, delta, kw["A"].float(), B, C, D, z, bias, bool(kw.get("delta_softplus")))
+        return out[2] if z is not None else out[0]
+
+    return {"selective_scan": ("mamba selective_scan_cuda.fwd", run)}
 
 
 def load_rwkv_kernels(root: str, log, dtype) -> dict:

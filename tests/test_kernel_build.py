@@ -225,7 +225,7 @@ def test_bench_kernels_on_cuda_without_a_gpu_is_explained():
     with pytest.raises(UserFacingError, match="--device cuda needs a CUDA build of torch and a visible GPU"):
         args.func(args)
     args = parser.parse_args(["kernels", "--rwkv-cuda", "RWKV-LM"])
-    with pytest.raises(UserFacingError, match="add --device cuda"):
+    with pytest.raises(UserFacingError, match="compare CUDA kernels: add --device cuda"):
         args.func(args)
 
 
