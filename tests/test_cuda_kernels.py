@@ -162,6 +162,7 @@ def ss_inputs(batch, dim, dstate, length, dtype, full=True):
 
 SS_SHAPES = [  # (batch, channels, d_state, length)
     (1, 1, 16, 1),
+    (1, 2, 16, 1100),   # three chunks of 512 steps, the last one partial
     (2, 5, 16, 37),
     (2, 7, 8, 100),
     (1, 3, 24, 65),     # d_state padded to 32 lanes
@@ -198,8 +199,10 @@ def test_selective_scan_cuda_long_and_chunked():
         return csrc.selective_scan(**part, state=state, return_state=True, backend="compiled")
 
     ys, state = run_in_chunks(run, [(0, 1000), (1000, 1001), (1001, 4096)])
-    torch.testing.assert_close(torch.cat(ys, dim=-1), y, atol=0, rtol=0)
-    torch.testing.assert_close(state, h, atol=0, rtol=0)
+    # Not bit for bit: the kernel splits time over a thread block, so where a call starts changes how
+    # the float32 products are grouped (measured differences are a few ulp).
+    scaled_close(torch.cat(ys, dim=-1), y, rtol=1e-5, atol=1e-6)
+    scaled_close(state, h, rtol=1e-5, atol=1e-6)
 
 
 def test_selective_scan_cuda_fo_bi_on_flipped_views():
