@@ -265,19 +265,7 @@ def print_table(results: list[dict], info: dict, threads: int, dtype_name: str) 
     print(f"CPU: {info['model']}; {info['cores']} cores; {threads} thread(s); inputs {dtype_name}")
     print(f"fp32 peak estimate: {info['fp32_peak_gflops_per_core']:.0f} GFLOP/s per core "
           f"({info['peak_assumption']}; clock from {info['clock_source']})")
-    head = f"{'op':<15}{'case':<24}{'shape':<22}" + "".join(t.rjust(w) for t, w, *_ in COLUMNS)
-    print(head)
-    print("-" * len(head))
-    for res in results:
-        if "skipped" in res:
-            print(f"{res['op']:<15}skipped: {res['skipped']}")
-            continue
-        for r in res["cases"]:
-            cells = "".join(_cell(r[key], spec, w, suffix) for _, w, key, spec, suffix in COLUMNS)
-            print(f"{res['op']:<15}{r['name']:<24}{r['shape']:<22}{cells}")
-        line = _scaling_line(res)
-        if line:
-            print(f"{'':<15}T-scaling, compiled ns per token: {line}")
+    _print_rows(results, COLUMNS)
     print("speed-up = reference ms / compiled ms; cpu s-up = the same ratio in 1-thread process CPU time "
           "(what a quiet machine would show on 1 thread);\n% peak: GFLOP/s over the peak of the threads used; "
           "thr x = 1-thread ms / compiled ms;\ncore GF/s = FLOP per 1-thread process-CPU second (robust to other "
@@ -298,7 +286,17 @@ CUDA_COLUMNS = [  # (title, width, key, format, suffix)
 
 def print_cuda_table(results: list[dict], gpu: str, dtype_name: str) -> None:
     print(f"GPU: {gpu}; inputs {dtype_name}")
-    head = f"{'op':<15}{'case':<24}{'shape':<22}" + "".join(t.rjust(w) for t, w, *_ in CUDA_COLUMNS)
+    _print_rows(results, CUDA_COLUMNS)
+    print("speed-up = reference ms / compiled ms (the reference loop on the same GPU); "
+          "vs official = official ms / compiled ms (> 1: ours is faster);\n"
+          "max diff = largest |official - ours| over the largest |ours|.  "
+          "Every call is synchronised; times are medians of repeated calls.")
+
+
+def _print_rows(results: list[dict], columns: list[tuple]) -> None:
+    """The table's head and one row per case; under each op the official kernel's name (CUDA) and its
+    T-scaling line."""
+    head = f"{'op':<15}{'case':<24}{'shape':<22}" + "".join(t.rjust(w) for t, w, *_ in columns)
     print(head)
     print("-" * len(head))
     for res in results:
@@ -306,7 +304,7 @@ def print_cuda_table(results: list[dict], gpu: str, dtype_name: str) -> None:
             print(f"{res['op']:<15}skipped: {res['skipped']}")
             continue
         for r in res["cases"]:
-            cells = "".join(_cell(r[key], spec, w, suffix) for _, w, key, spec, suffix in CUDA_COLUMNS)
+            cells = "".join(_cell(r.get(key), spec, w, suffix) for _, w, key, spec, suffix in columns)
             print(f"{res['op']:<15}{r['name']:<24}{r['shape']:<22}{cells}")
         named = sorted({r["official"] for r in res["cases"] if r.get("official")})
         if named:
@@ -314,10 +312,6 @@ def print_cuda_table(results: list[dict], gpu: str, dtype_name: str) -> None:
         line = _scaling_line(res)
         if line:
             print(f"{'':<15}T-scaling, compiled ns per token: {line}")
-    print("speed-up = reference ms / compiled ms (the reference loop on the same GPU); "
-          "vs official = official ms / compiled ms (> 1: ours is faster);\n"
-          "max diff = largest |official - ours| over the largest |ours|.  "
-          "Every call is synchronised; times are medians of repeated calls.")
 
 
 def _scaling_line(res: dict) -> str:

@@ -212,6 +212,25 @@ def test_bench_kernels_command(monkeypatch, capsys):
     assert doc["cpu"]["fp32_peak_gflops_per_core"] > 0
 
 
+def test_cuda_bench_table(capsys):
+    """The --device cuda table (its numbers come from a GPU; here a result of the shape bench_op_cuda returns)."""
+    from csrc import bench
+
+    row = dict(name="A-RWKV-B bi (2 clips)", shape="B=4 T=496 H=12 N=64", scaling_T=None, compiled_ms=0.5,
+               reference_ms=80.0, speedup=160.0, official="RWKV-LM wind_backstepping (fp32)", official_ms=0.6,
+               vs_official=1.2, official_rel_diff=1.8e-7, tokens_per_s=4e6, ns_per_token=250.0, gflops=1200.0)
+    results = [{"op": "wkv7", "cases": [row, dict(row, name="T-scaling T=512", scaling_T=512, ns_per_token=300.0),
+                                        dict(row, name="T-scaling T=2048", scaling_T=2048, ns_per_token=330.0)]},
+               {"op": "mlstm", "skipped": "CUDA kernel unavailable: no nvcc"}]
+    bench.print_cuda_table(results, "NVIDIA H100 80GB HBM3", "float32")
+    out = capsys.readouterr().out
+    assert "GPU: NVIDIA H100 80GB HBM3; inputs float32" in out and "official ms" in out
+    assert "160x" in out and "1.20x" in out and "1.8e-07" in out
+    assert "official = RWKV-LM wind_backstepping (fp32)" in out
+    assert "T=512: 300 (1.00), T=2048: 330 (1.10)" in out
+    assert "mlstm          skipped: CUDA kernel unavailable: no nvcc" in out
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
 def test_bench_kernels_on_cuda_without_a_gpu_is_explained():
     import argparse
