@@ -24,27 +24,27 @@ from __future__ import annotations
 from pathlib import Path
 
 FLAGS = ["-res-usage", "--use_fast_math", "-O3", "-Xptxas -O3", "--extra-device-vectorization"]
-
-
-def _build(name: str, sources: list[Path], defines: list[str], log) -> None:
-    import torch
-    from torch.utils import cpp_extension
-
-    missing = [str(s) for s in sources if not s.exists()]
-    if missing:
-        raise FileNotFoundError(
-            f"RWKV-LM source(s) not found: {', '.join(missing)} (is --rwkv-cuda an RWKV-LM checkout?)"
-        )
-    cc = "".join(map(str, torch.cuda.get_device_capability()))
-    log(f"  building RWKV-LM's {name} ({', '.join(s.name for s in sources)}) ...")
-    cpp_extension.load(name=name, sources=[str(s) for s in sources], is_python_module=False, verbose=False,
-                       extra_cuda_cflags=FLAGS + defines + [f"-gencode=arch=compute_{cc},code=sm_{cc}"])
-
-
 MAMBA_FLAGS = ["-O3", "-std=c++17", "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
                "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
                "-U__CUDA_NO_BFLOAT162_OPERATORS__", "-U__CUDA_NO_BFLOAT162_CONVERSIONS__",
                "--expt-relaxed-constexpr", "--expt-extended-lambda", "--use_fast_math", "-lineinfo"]
+
+
+def _build(project: str, option: str, name: str, sources: list[Path], cuda_flags: list[str], log, **extra):
+    """Build one official extension for the GPU in use; `project`/`option` name it in the messages."""
+    from torch.utils import cpp_extension
+
+    from csrc._build import _cuda_capability
+
+    missing = [str(s) for s in sources if not s.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{project} source(s) not found: {', '.join(missing)} (is {option} a checkout of {project}?)"
+        )
+    cc = _cuda_capability()
+    log(f"  building {project}'s {name} ({', '.join(s.name for s in sources)}) ...")
+    return cpp_extension.load(name=name, sources=[str(s) for s in sources], verbose=False,
+                              extra_cuda_cflags=cuda_flags + [f"-gencode=arch=compute_{cc},code=sm_{cc}"], **extra)
 
 
 def load_mamba_kernel(root: str, log) -> dict:
@@ -52,23 +52,13 @@ def load_mamba_kernel(root: str, log) -> dict:
     import os
     import sys
 
-    import torch
-    from torch.utils import cpp_extension
-
     src = Path(root) / "csrc" / "selective_scan"
     sources = [src / "selective_scan.cpp"] + [src / f"selective_scan_fwd_{t}.cu" for t in ("fp32", "fp16", "bf16")]
-    missing = [str(s) for s in sources if not s.exists()]
-    if missing:
-        raise FileNotFoundError(f"mamba source(s) not found: {', '.join(missing)} (is --mamba-cuda a mamba checkout?)")
-    cc = "".join(map(str, torch.cuda.get_device_capability()))
-    log(f"  building mamba's selective_scan_cuda (forward sources of {src}) ...")
     flags = sys.getdlopenflags()
     sys.setdlopenflags(os.RTLD_LAZY | os.RTLD_LOCAL)  # the backward entry points stay unresolved
     try:
-        module = cpp_extension.load(
-            name="mamba_selective_scan_fwd", sources=[str(s) for s in sources], verbose=False,
-            extra_cflags=["-O3", "-std=c++17"], extra_include_paths=[str(src)],
-            extra_cuda_cflags=MAMBA_FLAGS + [f"-gencode=arch=compute_{cc},code=sm_{cc}"])
+        module = _build("mamba", "--mamba-cuda", "mamba_selective_scan_fwd", sources, MAMBA_FLAGS, log,
+                        extra_cflags=["-O3", "-std=c++17"], extra_include_paths=[str(src)])
     finally:
         sys.setdlopenflags(flags)
 
@@ -91,8 +81,9 @@ def load_rwkv_kernels(root: str, log, dtype) -> dict:
     fp32 = dtype == torch.float32
     cuda7 = root / "RWKV-v7" / "train_temp" / "cuda"
     suffix = "_fp32" if fp32 else ""
-    _build(f"rwkvlm_wkv7{suffix}", [cuda7 / f"wkv7_op{suffix}.cpp", cuda7 / f"wkv7_cuda{suffix}.cu"],
-           ["-D_C_=64", "-D_CHUNK_LEN_=16"], log)
+    _build("RWKV-LM", "--rwkv-cuda", f"rwkvlm_wkv7{suffix}",
+           [cuda7 / f"wkv7_op{suffix}.cpp", cuda7 / f"wkv7_cuda{suffix}.cu"], FLAGS + ["-D_C_=64", "-D_CHUNK_LEN_=16"],
+           log, is_python_module=False)
 
     def wkv7(kw):
         r, w, k, v, a, b = (kw[n].contiguous() for n in ("r", "w", "k", "v", "a", "b"))
@@ -108,7 +99,8 @@ def load_rwkv_kernels(root: str, log, dtype) -> dict:
     kernels["wkv7"] = (f"RWKV-LM wind_backstepping ({'fp32' if fp32 else 'bf16'})", wkv7)
     if not fp32:
         cuda6 = root / "RWKV-v5" / "cuda"
-        _build("rwkvlm_wkv6", [cuda6 / "wkv6_op.cpp", cuda6 / "wkv6_cuda.cu"], ["-D_N_=64", "-D_T_=512"], log)
+        _build("RWKV-LM", "--rwkv-cuda", "rwkvlm_wkv6", [cuda6 / "wkv6_op.cpp", cuda6 / "wkv6_cuda.cu"],
+               FLAGS + ["-D_N_=64", "-D_T_=512"], log, is_python_module=False)
 
         def wkv6(kw):
             r, k, v, w = (kw[n].contiguous() for n in ("r", "k", "v", "w"))

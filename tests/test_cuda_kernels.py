@@ -19,7 +19,6 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 wkv7_mod = importlib.import_module("csrc.wkv7")
 wkv6_mod = importlib.import_module("csrc.wkv6")
 ss_mod = importlib.import_module("csrc.selective_scan")
-mlstm_mod = importlib.import_module("csrc.mlstm")
 
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 
@@ -30,12 +29,6 @@ def cuda(x):
     if isinstance(x, (list, tuple)):
         return type(x)(cuda(v) for v in x)
     return x.cuda() if isinstance(x, torch.Tensor) else x
-
-
-def cpu(x):
-    if isinstance(x, (list, tuple)):
-        return type(x)(cpu(v) for v in x)
-    return x.cpu()
 
 
 def scaled_close(got, want, rtol, atol):

@@ -231,6 +231,19 @@ def test_cuda_bench_table(capsys):
     assert "mlstm          skipped: CUDA kernel unavailable: no nvcc" in out
 
 
+def test_official_sources_missing_are_named(tmp_path):
+    """--rwkv-cuda / --mamba-cuda pointing at a folder without the sources: the missing files are named
+    (checked before anything is built, so this runs without a GPU)."""
+    from csrc.bench_official_cuda import load_mamba_kernel, load_rwkv_kernels
+
+    with pytest.raises(FileNotFoundError, match=r"RWKV-LM source\(s\) not found: .*wkv7_op_fp32.cpp.*"
+                                                r"is --rwkv-cuda a checkout of RWKV-LM"):
+        load_rwkv_kernels(str(tmp_path), print, torch.float32)
+    with pytest.raises(FileNotFoundError, match=r"mamba source\(s\) not found: .*selective_scan_fwd_bf16.cu.*"
+                                                r"is --mamba-cuda a checkout of mamba"):
+        load_mamba_kernel(str(tmp_path), print)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
 def test_bench_kernels_on_cuda_without_a_gpu_is_explained():
     import argparse
