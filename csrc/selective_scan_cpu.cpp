@@ -10,8 +10,9 @@
 // sum per step) and gives d_state independent dependency chains per step.  Time is processed in
 // segments of TS steps: a prologue computes dt and dt*u of the segment along time and transposes them
 // into (TS, CB) tiles, the scan runs over the tiles, an epilogue transposes y back, adds D*u, applies the
-// z gate and writes the (B, D, L) output.  All of it is vec16 code (AVX-512: one instruction per 16
-// lanes, AVX2: two): 16 channels per step in the scan, 16 steps of one channel around it.
+// z gate and writes the (B, D, L) output; the prologue also prefetches the next segment's rows.  All of
+// it is vec16 code (AVX-512: one instruction per 16 lanes, AVX2: two): 16 channels per step in the scan,
+// 16 steps of one channel around it.
 //
 // The Python binding passes B and C already transposed to (B, L, N) float32, A, D and delta_bias as
 // float32, and u, delta, z contiguous in one dtype (float32 or bfloat16).  State is float32.
@@ -22,10 +23,11 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <type_traits>
 #include <vector>
 
-#include "simd.h"  // vec16, splat16/load16/store16, exp2_vec/exp_vec (and <immintrin.h> with AVX-512)
+#include "simd.h"  // vec16, load16/store16, exp2_vec/exp_vec, prefetch_l2 (and <immintrin.h> with AVX-512)
 
 namespace {
 
@@ -100,6 +102,17 @@ inline void store_run(scalar_t* dst, vec16 x, int64_t n) {
   from_float(buf, dst, static_cast<int>(n));
 }
 
+// Elements [t0, t0 + n) of the row starting at x[row] of a (B, D, L) tensor into L2, a cache line at a
+// time (nothing for n <= 0).
+template <typename scalar_t>
+inline void prefetch_run(const scalar_t* x, int64_t row, int64_t t0, int64_t n) {
+  if (!x || n <= 0) return;
+  const char* first = reinterpret_cast<const char*>(x + row + t0);
+  const char* last = reinterpret_cast<const char*>(x + row + t0 + n) - 1;
+  for (const char* q = first; q <= last; q += 64) prefetch_l2(q);
+  prefetch_l2(last);
+}
+
 struct Problem {
   int64_t batch, dim, length, dstate;
   bool softplus;
@@ -158,15 +171,32 @@ void scan_block(const Problem& p, const scalar_t* u, const scalar_t* delta, cons
     }
   }
   const int64_t row0 = (b * p.dim + c0) * L;  // offset of (b, c0, 0) in the (B, D, L) tensors
+  // The next block of channels, (b, c0 + CB) or (b + 1, 0), usually this thread's next task: its first
+  // segment is prefetched during this block's last one.  next_cb = 0 after the very last block.
+  const bool next_same_b = c0 + CB < p.dim;
+  const int64_t next_c0 = next_same_b ? c0 + CB : 0, next_b = next_same_b ? b : b + 1;
+  const int64_t next_cb = next_b < p.batch ? std::min(CB, p.dim - next_c0) : 0;
+  const int64_t next_row0 = (next_b * p.dim + next_c0) * L;
 
   for (int64_t t0 = 0; t0 < L; t0 += TS) {
     const int64_t ts = std::min(TS, L - t0);
     // Prologue: dt = softplus(delta + bias) and dt * u of the segment, 16 steps of one channel at a time
     // in (channel, time) scratch, then transposed to the (time, channel) tiles the scan reads.  Padding
     // lanes stay 0.
+    const bool last_segment = t0 + ts >= L;
     for (int64_t c = 0; c < cb; ++c) {
       const scalar_t* dl = delta + row0 + c * L + t0;
       const scalar_t* ul = u + row0 + c * L + t0;
+      // This channel's rows of the next segment (after the last one: of the next block's first segment)
+      // into L2 while this one is scanned.  Each task reads 16 channels x 3 tensors in runs of TS steps,
+      // too many short streams for the hardware prefetcher: without this, stalls on the loads of delta, u
+      // and z took a fifth of the kernel's time (perf annotate, AuM-small shape).  The output rows come
+      // too, for the epilogue's stores.
+      const int64_t pf_row = last_segment ? next_row0 + c * L : row0 + c * L;
+      const int64_t pf_t = last_segment ? 0 : t0 + ts;
+      const int64_t pf_n = (last_segment && c >= next_cb) ? 0 : std::min(TS, L - pf_t);
+      for (const scalar_t* x : {delta, u, z, static_cast<const scalar_t*>(out)})
+        prefetch_run(x, pf_row, pf_t, pf_n);
       for (int64_t t = 0; t < ts; t += 16) {
         const int64_t n = std::min<int64_t>(16, ts - t);
         vec16 d = load_run(dl + t, n) + bias[c];

@@ -7,6 +7,8 @@
 //   one AVX-512 register (or a pair of AVX2 ones), and the code reads like scalar arithmetic.
 // - load16 / store16 / splat16: unaligned loads and stores (memcpy, which compiles to one vmovups).
 // - to_float / from_float: a row of float32 or bfloat16 values to float32 and back.
+// - prefetch_l2: one cache line into L2 (the WKV kernels' next token block, the selective scan's next
+//   segment).
 // - Two exps, on purpose with different trade-offs (each kernel's accuracy tests rely on its own):
 //     exp2_vec(x)         16 lanes, 2^x, degree-5 minimax (< 2e-7 relative): the selective scan's decays,
 //                         softplus and silu, and wkv_decay16(w) = exp(-exp(w)), the WKV decays.
@@ -94,6 +96,16 @@ inline vec16 exp2_vec(vec16 x) {
   return reinterpret_cast<const vec16&>(r);
 }
 #endif
+
+// One cache line into L2.  On x86 as volatile asm: GCC 12 deleted loops of __builtin_prefetch (and of
+// _mm_prefetch) in several of the shapes tried here, silently (tests/test_kernel_build.py checks the builds).
+inline void prefetch_l2(const void* p) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p, 0, 2);
+#endif
+}
 
 // e^x on 16 lanes as 2^(x log2 e) (the selective scan's softplus and silu, the WKV decays).
 inline vec16 exp_vec(vec16 x) { return exp2_vec(x * 1.44269504088896341f); }

@@ -82,16 +82,6 @@ inline void gather_heads(const void* x, int64_t T, int64_t H, int64_t N, int64_t
       to_float(src + t * H * N + h * N, dst + (h * rows + t) * N, static_cast<int>(N));
 }
 
-// One cache line into L2.  On x86 as volatile asm: GCC 12 deleted loops of __builtin_prefetch (and of
-// _mm_prefetch) in several of the shapes tried here, silently (tests/test_kernel_build.py checks the build).
-inline void prefetch_l2(const void* p) {
-#if defined(__x86_64__) || defined(__i386__)
-  asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
-#else
-  __builtin_prefetch(p, 0, 2);
-#endif
-}
-
 // The cache lines of row t of head h of batch row bi of each input in xs (each (B, T, H, N); past the
 // end: the last row again), to be brought into L2 one at a time.  The kernels plan the next block's rows
 // at the start of a step and call at(j) for each key column j of the step's loop, which issues one line

@@ -323,10 +323,11 @@ def test_bench_ggml_rejects_a_missing_binary(tmp_path):
         args.func(args)
 
 
-@pytest.mark.parametrize("op", ["wkv6", "wkv7"])
-def test_wkv_kernels_keep_their_prefetches(op):
-    """The WKV kernels prefetch the next token block; GCC 12 deleted such prefetch loops silently in several
-    shapes (csrc/wkv_common.h), so the built library is checked for the prefetch instruction."""
+@pytest.mark.parametrize("op", ["wkv6", "wkv7", "selective_scan"])
+def test_kernels_keep_their_prefetches(op):
+    """The WKV kernels prefetch the next token block, the selective scan the next segment; GCC 12 deleted
+    such prefetch loops silently in several shapes (prefetch_l2 in csrc/simd.h), so the built library is
+    checked for the prefetch instruction."""
     objdump = shutil.which("objdump")
     if objdump is None or platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("needs objdump on x86-64")
