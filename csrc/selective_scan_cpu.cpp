@@ -107,10 +107,9 @@ inline void store_run(scalar_t* dst, vec16 x, int64_t n) {
 template <typename scalar_t>
 inline void prefetch_run(const scalar_t* x, int64_t row, int64_t t0, int64_t n) {
   if (!x || n <= 0) return;
-  const char* first = reinterpret_cast<const char*>(x + row + t0);
-  const char* last = reinterpret_cast<const char*>(x + row + t0 + n) - 1;
-  for (const char* q = first; q <= last; q += 64) prefetch_l2(q);
-  prefetch_l2(last);
+  const uintptr_t first = reinterpret_cast<uintptr_t>(x + row + t0) & ~uintptr_t(63);  // its cache line
+  const uintptr_t last = reinterpret_cast<uintptr_t>(x + row + t0 + n - 1);
+  for (uintptr_t q = first; q <= last; q += 64) prefetch_l2(reinterpret_cast<const void*>(q));
 }
 
 struct Problem {
