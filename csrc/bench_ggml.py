@@ -1,9 +1,12 @@
-"""`hearscan bench ggml TEST_BACKEND_OPS`: hearscan's WKV kernels against ggml's, side by side in one run.
+"""`hearscan bench ggml TEST_BACKEND_OPS`: hearscan's scan kernels against ggml's, side by side in one run.
 
 ggml (the tensor library behind llama.cpp) has the only other CPU kernels for RWKV-6 and RWKV-7's WKV
-scan.  Its `test-backend-ops perf -o RWKV_WKV7 -b CPU` times them at its own shapes; this command runs it
-(you build ggml yourself: `cmake -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -t
-test-backend-ops`), times hearscan's compiled kernel at the same shapes, alternating, and prints the ratio.
+scan and a CPU Mamba-1 selective scan (its SSM_SCAN op).  Its `test-backend-ops perf -o OP -b CPU`
+times them at the shapes of its perf list; this command runs it, times hearscan's compiled kernel at the
+same shapes, alternating, and prints the ratio.  Build ggml yourself (`cmake -B build
+-DCMAKE_BUILD_TYPE=Release && cmake --build build -t test-backend-ops`).  Its perf list has few of
+these ops at audio-model shapes: add the cases to compare to `make_test_cases_perf()` in
+tests/test-backend-ops.cpp first (the README lists the lines used for its figures).
 
 Timing basis: ggml reports wall microseconds per run with its own thread count (all cores, unless the
 binary reads $HS_THREADS, which this command sets to --threads), so hearscan's kernel is timed in wall
@@ -12,7 +15,9 @@ ggml build patched to print "HS cpu us/run X" on stderr (process CPU time per ru
 time instead, which stays fair on a shared machine.
 
 ggml's WKV-7 receives the decay itself, while hearscan's computes exp(-exp(w)) inside; the comparison
-therefore slightly favours ggml.
+therefore slightly favours ggml.  SSM_SCAN is compared where it is Mamba-1 (head_dim 1, one group):
+softplus(dt), exp(dt A) per state, state update and y = C h, with no D, z gate or dt bias on either
+side (they are separate ops in ggml); its Mamba-2 cases are listed as skipped.
 """
 
 from __future__ import annotations
@@ -23,14 +28,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-OPS = {"RWKV_WKV7": "wkv7", "RWKV_WKV6": "wkv6"}
-_SHAPE = r"(RWKV_WKV[67])\(type=f32,head_count=(\d+),head_size=(\d+),n_seq_tokens=(\d+),n_seqs=(\d+)\)"
+OPS = {"RWKV_WKV7": "wkv7", "RWKV_WKV6": "wkv6", "SSM_SCAN": "selective_scan"}
+_WKV = r"(RWKV_WKV[67])\(type=f32,head_count=(\d+),head_size=(\d+),n_seq_tokens=(\d+),n_seqs=(\d+)\)"
+_SSM = (r"(SSM_SCAN)\(type=f32,d_state=(\d+),head_dim=(\d+),n_head=(\d+),n_group=(\d+),n_seq_tokens=(\d+),"
+        r"n_seqs=(\d+)[^)]*\)")
+_TIMES = r":\s*(\d+) runs -\s*([\d.]+) us/run"
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "ggml",
-        help="hearscan's WKV-6/WKV-7 kernels against ggml's CPU kernels (needs a ggml test-backend-ops build)",
+        help="hearscan's WKV-6/WKV-7 and selective-scan kernels against ggml's CPU kernels "
+             "(needs a ggml test-backend-ops build)",
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument("binary", help="path of ggml's test-backend-ops executable")
@@ -41,11 +50,20 @@ def register(subparsers) -> None:
 
 
 def parse_ggml(stdout: str, stderr: str) -> list[dict]:
-    """Shapes and times from `test-backend-ops perf` output (stdout and stderr kept apart)."""
+    """Shapes and times from `test-backend-ops perf` output (stdout and stderr kept apart), in order.
+
+    WKV rows: op, H, N (head size), T, B.  SSM_SCAN rows: op, D (n_head), N (d_state), head_dim, groups,
+    T, B, and "comparable" (Mamba-1: head_dim 1, one group)."""
     rows = []
-    for m in re.finditer(_SHAPE + r":\s*(\d+) runs -\s*([\d.]+) us/run", stdout):
-        op, heads, size, tokens, seqs = m[1], int(m[2]), int(m[3]), int(m[4]), int(m[5])
-        rows.append({"op": op, "H": heads, "N": size, "T": tokens, "B": seqs, "wall_us": float(m[7])})
+    for m in re.finditer(f"(?:{_WKV}|{_SSM}){_TIMES}", stdout):
+        if m[1]:
+            rows.append({"op": m[1], "H": int(m[2]), "N": int(m[3]), "T": int(m[4]), "B": int(m[5]),
+                         "wall_us": float(m[14]), "comparable": True})
+        else:
+            head_dim, groups = int(m[8]), int(m[10])
+            rows.append({"op": m[6], "N": int(m[7]), "head_dim": head_dim, "D": int(m[9]), "groups": groups,
+                         "T": int(m[11]), "B": int(m[12]), "wall_us": float(m[14]),
+                         "comparable": head_dim == 1 and groups == 1})
     cpu = [float(v) for v in re.findall(r"HS cpu us/run ([\d.]+)", stderr)]
     if rows and len(cpu) >= len(rows):  # patched build: one CPU line per case (a warm-up line may come first)
         for row, us in zip(rows, cpu[-len(rows):]):
@@ -66,6 +84,12 @@ def run_ggml(binary: str, op: str, threads: int) -> list[dict]:
     return rows
 
 
+def shape_of(row: dict) -> str:
+    if row["op"] == "SSM_SCAN":
+        return f"B={row['B']} T={row['T']} D={row['D']} N={row['N']}"
+    return f"B={row['B']} T={row['T']} H={row['H']} N={row['N']}"
+
+
 def time_ours(op: str, row: dict, threads: int, cpu_time: bool) -> float:
     """Median microseconds per call of hearscan's compiled kernel at ggml's shape (csrc.bench's timer)."""
     import importlib
@@ -76,7 +100,11 @@ def time_ours(op: str, row: dict, threads: int, cpu_time: bool) -> float:
 
     module = importlib.import_module(f"csrc.{op}")
     fn = getattr(module, op)
-    kwargs = module._bench_inputs(row["B"], row["T"], row["H"], row["N"], torch.float32)
+    if op == "selective_scan":  # ggml's SSM_SCAN: softplus(dt) inside, no D, z gate or dt bias
+        kwargs = module._bench_inputs(row["B"], row["D"], row["N"], row["T"])(torch.float32)
+        kwargs.update(D=None, z=None, delta_bias=None, delta_softplus=True)
+    else:
+        kwargs = module._bench_inputs(row["B"], row["T"], row["H"], row["N"], torch.float32)
     torch.set_num_threads(threads)
     wall, cpu = _time_call(lambda: fn(**kwargs, backend="compiled"), min_time=0.3)
     return (cpu if cpu_time else wall) * 1e6
@@ -103,16 +131,25 @@ def run(args) -> int:
         for rnd in range(1, args.rounds + 1):
             for op in ops:
                 for row in run_ggml(binary, op, args.threads):
+                    shape = shape_of(row)
+                    if not row["comparable"]:
+                        if rnd == 1:
+                            print(f"{'-':<6}{op:<11}{shape:<26}skipped: Mamba-2 (head_dim {row['head_dim']}, "
+                                  f"{row['groups']} group(s)); hearscan's scan is Mamba-1")
+                        continue
                     cpu_time = "cpu_us" in row
                     theirs = row["cpu_us"] if cpu_time else row["wall_us"]
                     ours = time_ours(OPS[op], row, args.threads, cpu_time)
-                    shape = f"B={row['B']} T={row['T']} H={row['H']} N={row['N']}"
                     ratios.setdefault((op, shape), []).append(theirs / ours)
                     print(f"{rnd:<6}{op:<11}{shape:<26}{'cpu' if cpu_time else 'wall':<7}{theirs:>11,.0f}{ours:>13,.0f}"
                           f"{theirs / ours:>16.2f}x", flush=True)
     print("summary (ggml time / hearscan time, over rounds):")
     for (op, shape), rs in ratios.items():
         print(f"  {op:<11}{shape:<26}{min(rs):.2f}-{max(rs):.2f}x")
+    for op in ops:
+        if not any(key[0] == op for key in ratios):
+            print(f"  {op:<11}no comparable case in ggml's perf list: add one to make_test_cases_perf() "
+                  "(see the README)")
     return 0
 
 

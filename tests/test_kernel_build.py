@@ -310,6 +310,50 @@ def test_bench_ggml_command_runs_both_side_by_side(tmp_path, capsys):
     assert "B=2 T=16 H=3 N=64" in out and "summary" in out
 
 
+GGML_SSM_STDOUT = """Backend 1/1: CPU
+  SSM_SCAN(type=f32,d_state=128,head_dim=64,n_head=48,n_group=1,n_seq_tokens=512,n_seqs=1,xbc_overlap=0,K=1):     526 runs - 31874.58 us/run -    15968 kB/run -    0.48 GB/s
+  SSM_SCAN(type=f32,d_state=16,head_dim=1,n_head=32,n_group=1,n_seq_tokens=40,n_seqs=2,xbc_overlap=0,K=1):        700 runs -   950.25 us/run -      100 kB/run -    0.10 GB/s
+  Backend CPU: OK
+"""
+
+
+def test_parse_ggml_ssm_scan_rows_mamba1_comparable_mamba2_not():
+    from csrc.bench_ggml import parse_ggml
+
+    rows = parse_ggml(GGML_SSM_STDOUT, "HS cpu us/run 30000 wall us/run 31874\nHS cpu us/run 900.5 wall us/run 950\n")
+    assert [(r["op"], r["B"], r["T"], r["D"], r["N"], r["head_dim"], r["comparable"], r["cpu_us"]) for r in rows] == [
+        ("SSM_SCAN", 1, 512, 48, 128, 64, False, 30000.0), ("SSM_SCAN", 2, 40, 32, 16, 1, True, 900.5)]
+
+
+def test_bench_ggml_compares_the_mamba1_selective_scan(tmp_path, capsys):
+    """SSM_SCAN end to end: the Mamba-1 case is timed against hearscan's selective scan, the Mamba-2 case
+    is listed as skipped."""
+    import argparse
+
+    from csrc import bench_ggml
+
+    fake = tmp_path / "test-backend-ops"
+    fake.write_text("#!/bin/sh\n[ \"$3\" = SSM_SCAN ] || exit 3\ncat <<'EOF'\n" + GGML_SSM_STDOUT + "EOF\n")
+    fake.chmod(0o755)
+    parser = argparse.ArgumentParser()
+    bench_ggml.register(parser.add_subparsers())
+    assert parser.parse_args(["ggml", str(fake)]).ops.split(",") == ["RWKV_WKV7", "RWKV_WKV6", "SSM_SCAN"]
+    args = parser.parse_args(["ggml", str(fake), "--ops", "SSM_SCAN", "--rounds", "1"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "B=1 T=512 D=48 N=128" in out and "skipped: Mamba-2" in out
+    timed = [line for line in out.splitlines() if line.startswith("1 ")]
+    assert len(timed) == 1 and "B=2 T=40 D=32 N=16" in timed[0] and timed[0].endswith("x")
+    assert "no comparable case" not in out
+
+    # a stock perf list has Mamba-2 cases only: nothing is timed, and the summary says what to add
+    only_mamba2 = "\n".join(line for line in GGML_SSM_STDOUT.splitlines() if "head_dim=1," not in line)
+    fake.write_text("#!/bin/sh\ncat <<'EOF'\n" + only_mamba2 + "\nEOF\n")
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "skipped: Mamba-2" in out and "SSM_SCAN   no comparable case" in out
+
+
 def test_bench_ggml_rejects_a_missing_binary(tmp_path):
     import argparse
 
