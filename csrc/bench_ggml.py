@@ -79,8 +79,9 @@ def run_ggml(binary: str, op: str, threads: int) -> list[dict]:
     rows = parse_ggml(proc.stdout, proc.stderr)
     if proc.returncode != 0 or not rows:
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
-        raise UserFacingError(f"{binary} perf -o {op} gave no timings (exit {proc.returncode}); its output ends:\n"
-                              + "\n".join(tail))
+        raise UserFacingError(f"{binary} perf -o {op} gave no timings (exit {proc.returncode}); if its perf list has "
+                              f"no {op} case, add one to make_test_cases_perf() in tests/test-backend-ops.cpp "
+                              "(the README lists the cases used); its output ends:\n" + "\n".join(tail))
     return rows
 
 

@@ -354,6 +354,22 @@ def test_bench_ggml_compares_the_mamba1_selective_scan(tmp_path, capsys):
     assert "skipped: Mamba-2" in out and "SSM_SCAN   no comparable case" in out
 
 
+def test_bench_ggml_says_how_to_add_a_missing_perf_case(tmp_path):
+    import argparse
+
+    from csrc import bench_ggml
+    from hearscan.errors import UserFacingError
+
+    fake = tmp_path / "test-backend-ops"
+    fake.write_text("#!/bin/sh\necho 'Backend CPU: OK'\n")  # a perf list without the op
+    fake.chmod(0o755)
+    parser = argparse.ArgumentParser()
+    bench_ggml.register(parser.add_subparsers())
+    args = parser.parse_args(["ggml", str(fake), "--ops", "RWKV_WKV7", "--rounds", "1"])
+    with pytest.raises(UserFacingError, match="no RWKV_WKV7 case.*make_test_cases_perf"):
+        args.func(args)
+
+
 def test_bench_ggml_rejects_a_missing_binary(tmp_path):
     import argparse
 
