@@ -111,8 +111,13 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+def source_name(op: str, device: str = "cpu") -> str:
+    """The kernel source's file name in csrc/: `<op>_cpu.cpp`, or `<op>_cuda.cu`."""
+    return f"{op}_cpu.cpp" if device == "cpu" else f"{op}_{device}.cu"
+
+
 def sources(op: str, device: str = "cpu") -> list[Path]:
-    return sorted(HERE.glob(f"{op}_cpu.cpp" if device == "cpu" else f"{op}_{device}.cu"))
+    return sorted(HERE.glob(source_name(op, device)))
 
 
 def headers(device: str = "cpu") -> list[Path]:
@@ -224,8 +229,7 @@ def load(op: str, device=None):
             raise KernelBuildError(_failed[slot])
         problem = _missing_cuda(op) if dev == "cuda" else None
         if problem is None and not sources(op, dev):
-            src = f"csrc/{op}_cpu.cpp" if dev == "cpu" else f"csrc/{op}_{dev}.cu"
-            problem = f"no compiled {dev} kernel for {op} ({src} is missing)"
+            problem = f"no compiled {dev} kernel for {op} (csrc/{source_name(op, dev)} is missing)"
         if problem:
             _failed[slot] = problem
             raise KernelBuildError(problem)
