@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from _model_helpers import hearscan_validate_available
+from _model_helpers import HEARSCAN, hearscan_validate_available
 from hear_modules import arwkv
 from hearscan.errors import AudioInputError, CheckpointError, UserFacingError
 
@@ -252,8 +250,7 @@ def test_bfloat16_runs_close_to_float32(audio, expected):
 @pytest.mark.skipif(not hearscan_validate_available(), reason="`hearscan validate` not available yet")
 @pytest.mark.parametrize("with_checkpoint", [True, False])
 def test_hear_validator_passes(with_checkpoint):
-    exe = Path(sys.executable).parent / "hearscan"
-    cmd = [str(exe), "validate", "hear_modules.arwkv", "--device", "cpu"]
+    cmd = [str(HEARSCAN), "validate", "hear_modules.arwkv", "--device", "cpu"]
     if with_checkpoint:
         cmd += ["--model", str(CHECKPOINT)]
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from _model_helpers import HEARSCAN
 from csrc._build import KernelBuildError, load
 from hear_modules import aum
 from hearscan.errors import AudioInputError, CheckpointError, UserFacingError
@@ -207,8 +207,7 @@ def test_cuda_matches_fixture(variant):
 
 
 def _hearscan_validate(*args) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).parent / "hearscan"
-    return subprocess.run([str(exe), "validate", "hear_modules.aum", "--device", "cpu", *args],
+    return subprocess.run([str(HEARSCAN), "validate", "hear_modules.aum", "--device", "cpu", *args],
                           capture_output=True, text=True, timeout=1200, env=dict(os.environ))
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
+from _model_helpers import HEARSCAN
 from hear_modules import bench
 
 
@@ -52,8 +51,7 @@ def test_module_without_scan_backend_gets_no_reference_column():
 
 
 def test_scaling_mode_runs_one_subprocess_per_length():
-    exe = Path(sys.executable).parent / "hearscan"
-    out = subprocess.run([str(exe), "bench", "models", "--modules", "logmel", "--lengths", "1,3", "--json"],
+    out = subprocess.run([str(HEARSCAN), "bench", "models", "--modules", "logmel", "--lengths", "1,3", "--json"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads(out.stdout)["rows"]

@@ -7,14 +7,12 @@ from __future__ import annotations
 import copy
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from _model_helpers import hearscan_validate_available
+from _model_helpers import HEARSCAN, hearscan_validate_available
 from hear_modules import conrwkv
 from hearscan.errors import AudioInputError, CheckpointError, UserFacingError
 
@@ -192,7 +190,7 @@ def test_random_default_and_options(capsys):
 @pytest.mark.skipif(not hearscan_validate_available(), reason="`hearscan validate` not available yet")
 @pytest.mark.parametrize("with_checkpoint", [True, False])
 def test_hear_validator_passes(tmp_path, with_checkpoint):
-    cmd = [str(Path(sys.executable).parent / "hearscan"), "validate", "hear_modules.conrwkv", "--device", "cpu"]
+    cmd = [str(HEARSCAN), "validate", "hear_modules.conrwkv", "--device", "cpu"]
     if with_checkpoint:
         torch.save(_small_model().state_dict(), tmp_path / "con.pth")
         cmd += ["--model", str(tmp_path / "con.pth")]
