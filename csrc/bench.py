@@ -186,13 +186,22 @@ def _on_cuda(kwargs: dict) -> dict:
     return {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
 
 
+def _synced(call):
+    """`call`, then a wait for the GPU: what a timing of a CUDA call must include."""
+    import torch
+
+    def run():
+        call()
+        torch.cuda.synchronize()
+    return run
+
+
 def bench_op_cuda(op: str, long: bool, dtype, min_time: float, log, official=None) -> dict:
     """One op's CUDA kernel against the reference loop on the GPU (and the official kernel, when given)."""
-    import torch
+    from csrc import _build
 
     module = importlib.import_module(f"csrc.{op}")
     fn = getattr(module, op)
-    from csrc import _build
 
     try:
         _build.load(op, "cuda")
@@ -206,20 +215,13 @@ def bench_op_cuda(op: str, long: bool, dtype, min_time: float, log, official=Non
     for case in module.bench_cases(long):
         kwargs = _on_cuda(case["make_inputs"](dtype))
         log(f"  {op} {case['name']} {case['shape']} (cuda) ...")
-
-        def synced(call):
-            def run():
-                call()
-                torch.cuda.synchronize()
-            return run
-
-        compiled, _ = _time_call(synced(lambda: fn(**kwargs, backend="compiled")), min_time)
+        compiled, _ = _time_call(_synced(lambda: fn(**kwargs, backend="compiled")), min_time)
         reference = None
         if case.get("reference", True):
-            reference = min(_time_once(synced(lambda: fn(**kwargs, backend="reference"))) for _ in range(2))
+            reference = min(_time_once(_synced(lambda: fn(**kwargs, backend="reference"))) for _ in range(2))
         other = diff = None
         if theirs is not None:
-            other, _ = _time_call(synced(lambda: theirs[1](kwargs)), min_time)
+            other, _ = _time_call(_synced(lambda: theirs[1](kwargs)), min_time)
             ours = fn(**kwargs, backend="compiled").float()
             diff = (theirs[1](kwargs).float() - ours).abs().max().item() / max(ours.abs().max().item(), 1e-30)
         gflops = case["flops"] / compiled / 1e9
