@@ -32,7 +32,7 @@ OPS = {"RWKV_WKV7": "wkv7", "RWKV_WKV6": "wkv6", "SSM_SCAN": "selective_scan"}
 _WKV = r"(RWKV_WKV[67])\(type=f32,head_count=(\d+),head_size=(\d+),n_seq_tokens=(\d+),n_seqs=(\d+)\)"
 _SSM = (r"(SSM_SCAN)\(type=f32,d_state=(\d+),head_dim=(\d+),n_head=(\d+),n_group=(\d+),n_seq_tokens=(\d+),"
         r"n_seqs=(\d+)[^)]*\)")
-_TIMES = r":\s*(\d+) runs -\s*([\d.]+) us/run"
+_TIMES = r":\s*\d+ runs -\s*(?P<us>[\d.]+) us/run"
 
 
 def register(subparsers) -> None:
@@ -58,11 +58,11 @@ def parse_ggml(stdout: str, stderr: str) -> list[dict]:
     for m in re.finditer(f"(?:{_WKV}|{_SSM}){_TIMES}", stdout):
         if m[1]:
             rows.append({"op": m[1], "H": int(m[2]), "N": int(m[3]), "T": int(m[4]), "B": int(m[5]),
-                         "wall_us": float(m[14]), "comparable": True})
+                         "wall_us": float(m["us"]), "comparable": True})
         else:
             head_dim, groups = int(m[8]), int(m[10])
             rows.append({"op": m[6], "N": int(m[7]), "head_dim": head_dim, "D": int(m[9]), "groups": groups,
-                         "T": int(m[11]), "B": int(m[12]), "wall_us": float(m[14]),
+                         "T": int(m[11]), "B": int(m[12]), "wall_us": float(m["us"]),
                          "comparable": head_dim == 1 and groups == 1})
     cpu = [float(v) for v in re.findall(r"HS cpu us/run ([\d.]+)", stderr)]
     if rows and len(cpu) >= len(rows):  # patched build: one CPU line per case (a warm-up line may come first)
