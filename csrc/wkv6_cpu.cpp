@@ -4,10 +4,10 @@
 //     y_i = sum_j r_j S_ij + v_i * sum_j r_j u_j k_j;   S_ij = S_ij * decay_j + k_j * v_i
 //
 // The layout follows csrc/wkv7_cpu.cpp (see the reasons there): threads over groups of heads with
-// at::parallel_for, token blocks gathered per head group, the state kept transposed (St[j][i]) so every
-// update is a vector operation along i with j broadcast, 16-float vector extensions, head sizes
-// 16/32/64/128 specialised, inputs float32 or bfloat16 converted when gathered, a vectorisable exp for
-// the decay exp(-exp(w)).
+// at::parallel_for, token blocks per head group (each copied a row per step during the block before),
+// the state kept transposed (St[j][i]) so every update is a vector operation along i with j broadcast,
+// 16-float vector extensions, head sizes 16/32/64/128 specialised, inputs float32 or bfloat16 converted
+// when copied in, a vectorisable exp for the decay exp(-exp(w)).
 
 // Narrow includes instead of <torch/extension.h>: the build takes half the time.
 #include <ATen/core/Tensor.h>
@@ -36,39 +36,35 @@ struct Problem {
 };
 
 // Heads h0 .. h1 - 1 of batch row bi, with N = 16 * NV known at compile time.  Tokens come in blocks for
-// the whole head group (see kBlock in wkv_common.h); one pass over the state per step.
+// the whole head group, the next one copied during each step (BlockStream in wkv_common.h); one pass over
+// the state per step.
 template <typename scalar_t, int NV>
 void wkv6_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
   constexpr int N = 16 * NV;
-  constexpr int64_t rows = kBlock;
   const int64_t nh = h1 - h0, T = p.T, H = p.H;
   // States of the group: St[h][j * NV + iv] holds S[16 iv .. 16 iv + 15][j] of head h0 + h.
   std::vector<vec16> states(nh * N * NV);
   load_group_states<NV>(p.state_in, H, bi, h0, nh, states.data());
 
-  std::vector<vec16> buf(5 * nh * rows * NV);  // vec16 for 64-byte aligned rows
-  float *r = reinterpret_cast<float*>(buf.data()), *k = r + nh * rows * N, *v = k + nh * rows * N,
-        *decay = v + nh * rows * N, *y = decay + nh * rows * N;
+  enum { R, K, V, W };
+  const void* const inputs[4] = {p.r, p.k, p.v, p.w};
+  BlockStream<scalar_t, N, 4, 4> blocks(inputs, T, H, bi, h0, nh);  // 4 N / 16 lines per row: one every 4th j
+  std::vector<vec16> ybuf(nh * kBlock * NV);
+  float* y = reinterpret_cast<float*>(ybuf.data());
 
   for (int64_t t0 = 0; t0 < T; t0 += kBlock) {
     const int64_t n = std::min(kBlock, T - t0);
-    gather_heads<scalar_t>(p.r, T, H, N, bi, h0, nh, t0, n, r, rows);
-    gather_heads<scalar_t>(p.k, T, H, N, bi, h0, nh, t0, n, k, rows);
-    gather_heads<scalar_t>(p.v, T, H, N, bi, h0, nh, t0, n, v, rows);
-    gather_heads<scalar_t>(p.w, T, H, N, bi, h0, nh, t0, n, decay, rows);
-
     for (int64_t h = 0; h < nh; ++h) {
       vec16* St = &states[h * N * NV];
       const float* u = p.u + (h0 + h) * N;
-      const int64_t o = h * rows * N;
-      const float *rh = r + o, *kh = k + o, *vh = v + o;
-      float *dh = decay + o, *yh = y + o;
+      const int64_t o = h * kBlock * N;
+      const float *rh = blocks.rows(t0, R) + o, *kh = blocks.rows(t0, K) + o, *vh = blocks.rows(t0, V) + o;
+      float *dh = blocks.rows(t0, W) + o, *yh = y + o;
       for (int64_t i = 0; i < n * NV; ++i) store16(dh + 16 * i, wkv_decay16(load16(dh + 16 * i)));
 
       for (int64_t t = 0; t < n; ++t) {
+        const auto next = blocks.step(t0, h * n + t);  // copies a row of the next block
         const float *rt = rh + t * N, *kt = kh + t * N, *dt = dh + t * N;
-        RowPrefetch<N, 4> next;  // 4 N / 16 lines in float32: fit, one every fourth j
-        next.plan({p.r, p.k, p.v, p.w}, sizeof(scalar_t), T, H, bi, h0 + h, t0 + kBlock + t);
         // the bonus term: v_i * sum_j r_j u_j k_j
         vec16 ruk16 = {};
         for (int iv = 0; iv < NV; ++iv) ruk16 += load16(rt + 16 * iv) * load16(u + 16 * iv) * load16(kt + 16 * iv);
@@ -82,16 +78,18 @@ void wkv6_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
         }
         for (int j = 0; j < N; ++j) {
           next.at(j);
+          // in locals: else GCC may re-broadcast them after every state store (see wkv7_cpu.cpp)
+          const float rj = rt[j], dj = dt[j], kj = kt[j];
           for (int iv = 0; iv < NV; ++iv) {
             const vec16 s = St[j * NV + iv];
-            acc[iv] += s * rt[j];  // y uses the state before this step's update
-            St[j * NV + iv] = s * dt[j] + vv[iv] * kt[j];
+            acc[iv] += s * rj;  // y uses the state before this step's update
+            St[j * NV + iv] = s * dj + vv[iv] * kj;
           }
         }
         for (int iv = 0; iv < NV; ++iv) store16(yh + t * N + 16 * iv, acc[iv]);
       }
     }
-    scatter_heads<scalar_t>(y, T, H, N, bi, h0, nh, t0, n, rows, p.y);
+    scatter_heads<scalar_t>(y, T, H, N, bi, h0, nh, t0, n, kBlock, p.y);
   }
 
   if (p.state_out) store_group_states<NV>(states.data(), H, bi, h0, nh, p.state_out);

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
+#include <vector>
 
 #include "simd.h"
 
@@ -64,11 +65,10 @@ inline void store_state_generic(const float* St, float* s1, int N) {
 
 // Token blocks and head groups.  One head's rows of a (B, T, H, N) input lie H * N floats apart, so a
 // step's rows come from pages that the hardware prefetcher does not follow.  The fixed-size kernels
-// therefore take a group of adjacent heads of one batch row at a time and copy a block of kBlock tokens
-// of every input for the whole group into contiguous float32 buffers, head-major: each token's rows of
-// the group are one contiguous run in memory (the bfloat16 conversion happens in the same pass).  They
-// then run the recurrence head by head over the buffers (a head's state stays in L1 for its kBlock
-// steps) and write the outputs back the same way.
+// therefore take a group of adjacent heads of one batch row at a time and work on blocks of kBlock tokens
+// of every input for the whole group, held in contiguous float32 buffers, head-major (the bfloat16
+// conversion happens when a row is copied in).  They run the recurrence head by head over the buffers (a
+// head's state stays in L1 for its kBlock steps) and write the outputs back a block at a time.
 constexpr int64_t kBlock = 16;
 
 // Rows t0 .. t0 + n - 1 of heads h0 .. h0 + nh - 1 of batch row bi of x (B, T, H, N) -> dst, laid out
@@ -82,26 +82,24 @@ inline void gather_heads(const void* x, int64_t T, int64_t H, int64_t N, int64_t
       to_float(src + t * H * N + h * N, dst + (h * rows + t) * N, static_cast<int>(N));
 }
 
-// The cache lines of row t of head h of batch row bi of each input in xs (each (B, T, H, N); past the
-// end: the last row again), to be brought into L2 one at a time.  The kernels plan the next block's rows
-// at the start of a step and call at(j) for each key column j of the step's loop, which issues one line
-// every Stride columns (room for N / Stride lines).  Issued as one burst (24 lines per step for WKV-7) the
-// prefetches ran out of line-fill buffers and stalled the core: perf put 20 % of WKV-7's time on them
-// (B=4 T=496 H=12).  Spread out, WKV-7 is 1.02-1.14x faster than with the burst (same process, 1 thread);
-// WKV-6, with fewer lines per step, is unchanged.
+// The cache lines of row t of head h of batch row bi of each of the nx inputs xs (each (B, T, H, N); past
+// the end: the last row again), to be brought into L2 one at a time: plan() at the start of a step, then
+// at(j) for each key column j of the step's loop, which issues one line every Stride columns (room for
+// N / Stride lines).  Issued as one burst (24 lines per step for WKV-7) the prefetches ran out of
+// line-fill buffers and stalled the core: perf put 20 % of WKV-7's time on them (B=4 T=496 H=12); spread
+// out, WKV-7 was 1.02-1.14x faster than with the burst (same process, 1 thread).
 template <int N, int Stride>
 struct RowPrefetch {
   const char* lines[N / Stride];
   int n = 0;
 
   // elem: bytes per element of the inputs.
-  void plan(std::initializer_list<const void*> xs, int64_t elem, int64_t T, int64_t H, int64_t bi, int64_t h,
-            int64_t t) {
+  void plan(const void* const* xs, int nx, int64_t elem, int64_t T, int64_t H, int64_t bi, int64_t h, int64_t t) {
     t = std::min(t, T - 1);
     const int64_t offset = ((bi * T + t) * H + h) * N * elem, bytes = N * elem;
     n = 0;
-    for (const void* x : xs) {
-      const char* row = static_cast<const char*>(x) + offset;
+    for (int x = 0; x < nx; ++x) {
+      const char* row = static_cast<const char*>(xs[x]) + offset;
       for (int64_t off = 0; off < bytes && n < N / Stride; off += 64) lines[n++] = row + off;
     }
   }
@@ -109,6 +107,60 @@ struct RowPrefetch {
   void at(int j) const {
     if (j % Stride == 0 && j / Stride < n) prefetch_l2(lines[j / Stride]);
   }
+};
+
+// The token blocks of NX inputs for heads h0 .. h0 + nh - 1 of batch row bi, double-buffered: block 0 is
+// gathered up front, and every later block is copied while the one before it is computed.  At each step
+// of the current block (head h, token t: copy step c = h * n + t, n its tokens) the kernel calls
+// step(t0, c), which converts one row of every input of the next block into the other buffer set, in
+// memory order (token-major, the group's heads within a token), and plans the L2 prefetch of the row
+// kAhead copy steps later; the kernel issues it a line at a time inside the step's loop (at(j)).  Each
+// step copies one row per input, so a block of n tokens has room for nh * n rows, and the next block
+// never has more than the current one.
+//
+// Why: the inputs do not fit in cache (A-RWKV-B, B=4 T=496 H=12: 36.6 MB of float32 per call, about
+// 5 ms at this VM's 7.6 GB/s single-core read bandwidth, against 8-10 ms of recurrence).  Gathering a
+// whole block between blocks (the earlier design) left the FMA units idle while it ran (WKV-7 on stale
+// buffers, without gathers, decays and prefetches, ran 1.4-1.55x faster).  Copied during the steps, WKV-6 became 1.03-1.27x faster (median 1.07,
+// 1 thread, side by side); WKV-7, whose loop is busier, 0.89-1.14x, i.e. no clear change.  A synthetic
+// FMA loop on this VM hides 6 cache lines of sequential reads per 400 ns step completely, but 24 (WKV-7's
+// rows per step) cost it 20-50 % however they are prefetched: the memory traffic is a floor here.
+template <typename scalar_t, int N, int NX, int Stride>
+class BlockStream {
+ public:
+  static constexpr int64_t kAhead = 4;
+
+  BlockStream(const void* const (&xs)[NX], int64_t T, int64_t H, int64_t bi, int64_t h0, int64_t nh)
+      : T_(T), H_(H), bi_(bi), h0_(h0), nh_(nh), buf_(2 * NX * nh * kBlock * N / 16) {
+    for (int x = 0; x < NX; ++x) xs_[x] = xs[x];
+    for (int x = 0; x < NX; ++x)
+      gather_heads<scalar_t>(xs_[x], T, H, N, bi, h0, nh, 0, std::min(kBlock, T), rows(0, x), kBlock);
+  }
+
+  // Input x of the token block starting at t0: [head][row][N], kBlock rows per head.
+  float* rows(int64_t t0, int x) {
+    return reinterpret_cast<float*>(buf_.data()) + (((t0 / kBlock) % 2) * NX + x) * nh_ * kBlock * N;
+  }
+
+  // Copy step c of the block starting at t0 (see above).  Returns the prefetch plan, which the kernel
+  // keeps in a local for its at(j) calls.
+  RowPrefetch<N, Stride> step(int64_t t0, int64_t c) {
+    const int64_t t1 = t0 + kBlock, n_next = std::min(kBlock, T_ - t1);
+    if (c < nh_ * n_next) {
+      const int64_t t = c / nh_, h = c % nh_, src = ((bi_ * T_ + t1 + t) * H_ + h0_ + h) * N;
+      for (int x = 0; x < NX; ++x)
+        to_float(static_cast<const scalar_t*>(xs_[x]) + src, rows(t1, x) + (h * kBlock + t) * N, N);
+    }
+    const int64_t ahead = c + kAhead;
+    RowPrefetch<N, Stride> next;
+    next.plan(xs_, NX, sizeof(scalar_t), T_, H_, bi_, h0_ + ahead % nh_, t1 + ahead / nh_);
+    return next;
+  }
+
+ private:
+  const void* xs_[NX];
+  int64_t T_, H_, bi_, h0_, nh_;
+  std::vector<vec16> buf_;  // vec16 for 64-byte aligned rows
 };
 
 // The inverse: src [head][row][N] (rows per head) -> rows t0 .. t0 + n - 1 of heads h0 .. of y.
