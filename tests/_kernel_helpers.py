@@ -52,12 +52,14 @@ def assert_wkv_compiled_equals_reference(op, x, shape, dtype):
 def assert_wkv_head_groups_equal_reference(op, make_inputs):
     """The compiled WKV kernels split heads into groups per thread (run_head_groups in wkv_common.h): odd
     head counts, one batch row and several thread counts give groups of uneven size, all equal to the
-    reference (H = 0 included).  make_inputs(B, T, H, N) -> the op's positional inputs."""
+    reference (H = 0 included).  T = 19 and 40 cross token blocks (BlockStream copies each block, in
+    memory order across the group's heads, during the one before; 40 = two full blocks and a partial
+    one).  make_inputs(B, T, H, N) -> the op's positional inputs."""
     threads = torch.get_num_threads()
     try:
         for n_threads in (1, 2, 3):
             torch.set_num_threads(n_threads)
-            for shape in ((1, 19, 5, 64), (3, 7, 7, 32), (2, 5, 1, 16), (2, 5, 0, 64)):
+            for shape in ((1, 19, 5, 64), (3, 40, 7, 64), (3, 7, 7, 32), (2, 5, 1, 16), (2, 5, 0, 64)):
                 assert_wkv_compiled_equals_reference(op, make_inputs(*shape), shape, torch.float32)
     finally:
         torch.set_num_threads(threads)
