@@ -7,7 +7,8 @@ j = key column.  For each step t:
     y_i  = sum_j S_ij * r_j
 Inputs r, w, k, v, a, b: (B, T, H, N), float32 or bfloat16.  `w` is the log-log decay as in the official
 kernel (decay = exp(-exp(w))).  A-RWKV passes a = -kappa, b = kappa * a_rate, and runs the same causal
-scan on the time-flipped sequence for its backward direction.
+scan on the time-flipped sequence for its backward direction: `reverse=True` runs it from the last token to
+the first without flipped copies, equal to flip_T(wkv7(flip_T(inputs))).
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ MAX_HEAD_SIZE = 1024  # the CPU kernel's limit (kMaxHeadSize in wkv7_cpu.cpp)
 CUDA_MAX_HEAD_SIZE = 128  # the CUDA kernel's (wkv7_cuda.cu)
 
 
-def wkv7_reference(r, w, k, v, a, b, state=None, return_state=False, backend=None):
+def wkv7_reference(r, w, k, v, a, b, state=None, return_state=False, backend=None, reverse=False):
     """Plain per-step recurrence in float32.  Same signature as `wkv7` (`backend` is ignored)."""
+    if reverse:  # the definition: the forward scan on the time-flipped sequence, its output flipped back
+        out = wkv7_reference(*(x.flip(1) for x in (r, w, k, v, a, b)), state=state, return_state=return_state)
+        return (out[0].flip(1), out[1]) if return_state else out.flip(1)
     B, T, H, N = r.shape
     dtype = r.dtype
     r, w, k, v, a, b = (x.float() for x in (r, w, k, v, a, b))
@@ -58,24 +62,34 @@ def _check_inputs(r, w, k, v, a, b, state):
     require_wkv_head_and_state("wkv7", r, state, MAX_HEAD_SIZE)
 
 
-def wkv7(r, w, k, v, a, b, state=None, return_state=False, backend=None):
+def wkv7(r, w, k, v, a, b, state=None, return_state=False, backend=None, reverse=False):
     """WKV-7 scan.  r, w, k, v, a, b: (B, T, H, N); state: (B, H, N, N) float32 or None.
 
     Returns y (B, T, H, N) in the input dtype, and the final state (float32) when `return_state`.
     `backend`: "auto" | "compiled" | "reference" (default: $HEARSCAN_SCAN_BACKEND or auto).
+    `reverse`: scan from the last token to the first (A-RWKV's backward direction): y in token order, equal
+    to flip_T(wkv7(flip_T(inputs))), and the state after token 0 (chunks of a long recording then go
+    last chunk first).  The CPU kernel reads the tokens backwards; on CUDA the inputs are flipped.
     Inputs may be non-contiguous (e.g. time-flipped views); the compiled path copies them.
     """
     _check_inputs(r, w, k, v, a, b, state)
     if not (wants_compiled("wkv7", backend, r.device, (r, w, k, v, a, b, state))
             and within_cuda_limit("wkv7", r.device, r.shape[3], CUDA_MAX_HEAD_SIZE, "head sizes", backend)):
-        return wkv7_reference(r, w, k, v, a, b, state=state, return_state=return_state)
+        return wkv7_reference(r, w, k, v, a, b, state=state, return_state=return_state, reverse=reverse)
+    inputs = (r, w, k, v, a, b)
+    flip = bool(reverse) and r.device.type != "cpu"  # the CUDA kernel has no reverse: flipped copies
+    if flip:
+        inputs = tuple(x.flip(1) for x in inputs)
     kernel = load("wkv7", r.device)  # the CPU or the CUDA kernel: one signature
+    extra = (bool(reverse),) if r.device.type == "cpu" else ()
     out = kernel.forward(
-        *(x.contiguous() for x in (r, w, k, v, a, b)),
+        *(x.contiguous() for x in inputs),
         None if state is None else state.float().contiguous(),
         bool(return_state),
+        *extra,
     )
-    return (out[0], out[1]) if return_state else out[0]
+    y = out[0].flip(1) if flip else out[0]
+    return (y, out[1]) if return_state else y
 
 
 def _bench_inputs(B, T, H, N, dtype, seed=0):
@@ -94,8 +108,9 @@ def _bench_inputs(B, T, H, N, dtype, seed=0):
 def bench_cases(long: bool) -> list[dict]:
     """Cases for `hearscan bench kernels`: A-RWKV's shapes, ggml's anchor shapes and a T-scaling series.
 
-    A-RWKV: T = 496 tokens, C = 192/384/768 (H = 3/6/12, N = 64); the bidirectional pass runs
-    [X; flip(X)], so a batch of 2 clips is a kernel batch of 4.  FLOP count 8 N^2 per head-token, as ggml.
+    A-RWKV: T = 496 tokens, C = 192/384/768 (H = 3/6/12, N = 64); the bidirectional pass scans both
+    directions (officially one batch [X; flip(X)], in hearscan a second call with reverse=True: the same
+    work), so a batch of 2 clips is a kernel batch of 4.  FLOP count 8 N^2 per head-token, as ggml.
     """
     N = 64
 

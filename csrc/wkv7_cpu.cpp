@@ -43,6 +43,7 @@ struct Problem {
   void* y;                            // (B, T, H, N), same dtype
   const float* state_in;              // (B, H, N, N) or nullptr
   float* state_out;                   // (B, H, N, N) or nullptr
+  bool reverse;                       // scan from the last token to the first (step t = token T - 1 - t)
 };
 
 // Heads h0 .. h1 - 1 of batch row bi, with N = 16 * NV known at compile time.
@@ -62,7 +63,7 @@ void wkv7_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
 
   enum { R, W, K, V, A, Bv };
   const void* const inputs[6] = {p.r, p.w, p.k, p.v, p.a, p.b};
-  BlockStream<scalar_t, N, 6, 2> blocks(inputs, T, H, bi, h0, nh);  // 6 N / 16 lines per row: one every 2nd j
+  BlockStream<scalar_t, N, 6, 2> blocks(inputs, T, H, bi, h0, nh, p.reverse);  // 6 N / 16 lines per row: one every 2nd j
   std::vector<vec16> ybuf(nh * kBlock * NV);
   float* y = reinterpret_cast<float*>(ybuf.data());
 
@@ -107,7 +108,7 @@ void wkv7_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
         }
       }
     }
-    scatter_heads<scalar_t>(y, T, H, N, bi, h0, nh, t0, n, kBlock, p.y);
+    scatter_heads<scalar_t>(y, T, H, N, bi, h0, nh, t0, n, kBlock, p.y, p.reverse);
   }
 
   if (p.state_out) store_group_states<NV>(states.data(), H, bi, h0, nh, p.state_out);
@@ -123,7 +124,7 @@ void wkv7_head_generic(const Problem& p, int64_t bi, int64_t hi) {
   load_state_generic(p.state_in ? p.state_in + (bi * p.H + hi) * N * N : nullptr, St.data(), N);
 
   for (int64_t t = 0; t < p.T; ++t) {
-    const int64_t off = ((bi * p.T + t) * p.H + hi) * N;
+    const int64_t off = ((bi * p.T + token(t, p.T, p.reverse)) * p.H + hi) * N;
     to_float(static_cast<const scalar_t*>(p.r) + off, r, N);
     to_float(static_cast<const scalar_t*>(p.w) + off, decay, N);
     to_float(static_cast<const scalar_t*>(p.k) + off, k, N);
@@ -156,11 +157,13 @@ void wkv7_run(const Problem& p) {
 
 }  // namespace
 
-// Returns [y] or [y, final_state].  The Python binding (csrc/wkv7.py) validates shapes with clear
-// messages and makes the inputs contiguous; the checks here guard direct callers.
+// Returns [y] or [y, final_state].  reverse: run the scan from the last token to the first (y stays in
+// token order; the state is the one after token 0), as on time-flipped inputs without the flipped copies.
+// The Python binding (csrc/wkv7.py) validates shapes with clear messages and makes the inputs
+// contiguous; the checks here guard direct callers.
 std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor w, at::Tensor k, at::Tensor v,
                                         at::Tensor a, at::Tensor b, c10::optional<at::Tensor> state,
-                                        bool return_state) {
+                                        bool return_state, bool reverse) {
   TORCH_CHECK(r.dim() == 4, "wkv7: r must be (B, T, H, N)");
   for (const auto& x : {w, k, v, a, b}) {
     TORCH_CHECK(x.sizes() == r.sizes(), "wkv7: all inputs must have the shape of r");
@@ -175,7 +178,7 @@ std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor w, at::Tensor k, a
   Problem p{B, T, H, N,
             r.data_ptr(), w.data_ptr(), k.data_ptr(), v.data_ptr(), a.data_ptr(), b.data_ptr(),
             y.data_ptr(),
-            data_or_null(s_in), data_or_null(s_out)};
+            data_or_null(s_in), data_or_null(s_out), reverse};
   if (r.scalar_type() == at::kFloat)
     wkv7_run<float>(p);
   else
@@ -188,5 +191,5 @@ std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor w, at::Tensor k, a
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &wkv7_forward, "WKV-7 forward scan (CPU)", py::arg("r"), py::arg("w"), py::arg("k"),
         py::arg("v"), py::arg("a"), py::arg("b"), py::arg("state") = py::none(),
-        py::arg("return_state") = false);
+        py::arg("return_state") = false, py::arg("reverse") = false);
 }

@@ -71,19 +71,23 @@ inline void store_state_generic(const float* St, float* s1, int N) {
 // head's state stays in L1 for its kBlock steps) and write the outputs back a block at a time.
 constexpr int64_t kBlock = 16;
 
-// Rows t0 .. t0 + n - 1 of heads h0 .. h0 + nh - 1 of batch row bi of x (B, T, H, N) -> dst, laid out
+// Scan step t reads and writes token t, or token T - 1 - t for a scan that runs backwards in time (WKV-7's
+// `reverse`, A-RWKV's backward direction without a flipped copy of its inputs).
+inline int64_t token(int64_t t, int64_t T, bool reverse) { return reverse ? T - 1 - t : t; }
+
+// Steps t0 .. t0 + n - 1 of heads h0 .. h0 + nh - 1 of batch row bi of x (B, T, H, N) -> dst, laid out
 // [head][row][N] with `rows` rows per head.
 template <typename scalar_t>
 inline void gather_heads(const void* x, int64_t T, int64_t H, int64_t N, int64_t bi, int64_t h0, int64_t nh,
-                         int64_t t0, int64_t n, float* dst, int64_t rows) {
-  const scalar_t* src = static_cast<const scalar_t*>(x) + ((bi * T + t0) * H + h0) * N;
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t h = 0; h < nh; ++h)
-      to_float(src + t * H * N + h * N, dst + (h * rows + t) * N, static_cast<int>(N));
+                         int64_t t0, int64_t n, float* dst, int64_t rows, bool reverse = false) {
+  for (int64_t t = 0; t < n; ++t) {
+    const scalar_t* src = static_cast<const scalar_t*>(x) + ((bi * T + token(t0 + t, T, reverse)) * H + h0) * N;
+    for (int64_t h = 0; h < nh; ++h) to_float(src + h * N, dst + (h * rows + t) * N, static_cast<int>(N));
+  }
 }
 
-// The cache lines of row t of head h of batch row bi of each of the nx inputs xs (each (B, T, H, N); past
-// the end: the last row again), to be brought into L2 one at a time: plan() at the start of a step, then
+// The cache lines of step t's row of head h of batch row bi of each of the nx inputs xs (each (B, T, H, N);
+// past the end: the last step's row again), to be brought into L2 one at a time: plan() at the start of a step, then
 // at(j) for each key column j of the step's loop, which issues one line every Stride columns (room for
 // N / Stride lines).  Issued as one burst (24 lines per step for WKV-7) the prefetches ran out of
 // line-fill buffers and stalled the core: perf put 20 % of WKV-7's time on them (B=4 T=496 H=12); spread
@@ -94,8 +98,9 @@ struct RowPrefetch {
   int n = 0;
 
   // elem: bytes per element of the inputs.
-  void plan(const void* const* xs, int nx, int64_t elem, int64_t T, int64_t H, int64_t bi, int64_t h, int64_t t) {
-    t = std::min(t, T - 1);
+  void plan(const void* const* xs, int nx, int64_t elem, int64_t T, int64_t H, int64_t bi, int64_t h, int64_t t,
+            bool reverse) {
+    t = token(std::min(t, T - 1), T, reverse);
     const int64_t offset = ((bi * T + t) * H + h) * N * elem, bytes = N * elem;
     n = 0;
     for (int x = 0; x < nx; ++x) {
@@ -130,11 +135,12 @@ class BlockStream {
  public:
   static constexpr int64_t kAhead = 4;
 
-  BlockStream(const void* const (&xs)[NX], int64_t T, int64_t H, int64_t bi, int64_t h0, int64_t nh)
-      : T_(T), H_(H), bi_(bi), h0_(h0), nh_(nh), buf_(2 * NX * nh * kBlock * N / 16) {
+  // reverse: step t is token T - 1 - t (see token()).
+  BlockStream(const void* const (&xs)[NX], int64_t T, int64_t H, int64_t bi, int64_t h0, int64_t nh, bool reverse)
+      : T_(T), H_(H), bi_(bi), h0_(h0), nh_(nh), reverse_(reverse), buf_(2 * NX * nh * kBlock * N / 16) {
     for (int x = 0; x < NX; ++x) xs_[x] = xs[x];
     for (int x = 0; x < NX; ++x)
-      gather_heads<scalar_t>(xs_[x], T, H, N, bi, h0, nh, 0, std::min(kBlock, T), rows(0, x), kBlock);
+      gather_heads<scalar_t>(xs_[x], T, H, N, bi, h0, nh, 0, std::min(kBlock, T), rows(0, x), kBlock, reverse);
   }
 
   // Input x of the token block starting at t0: [head][row][N], kBlock rows per head.
@@ -147,30 +153,31 @@ class BlockStream {
   RowPrefetch<N, Stride> step(int64_t t0, int64_t c) {
     const int64_t t1 = t0 + kBlock, n_next = std::min(kBlock, T_ - t1);
     if (c < nh_ * n_next) {
-      const int64_t t = c / nh_, h = c % nh_, src = ((bi_ * T_ + t1 + t) * H_ + h0_ + h) * N;
+      const int64_t t = c / nh_, h = c % nh_, src = ((bi_ * T_ + token(t1 + t, T_, reverse_)) * H_ + h0_ + h) * N;
       for (int x = 0; x < NX; ++x)
         to_float(static_cast<const scalar_t*>(xs_[x]) + src, rows(t1, x) + (h * kBlock + t) * N, N);
     }
     const int64_t ahead = c + kAhead;
     RowPrefetch<N, Stride> next;
-    next.plan(xs_, NX, sizeof(scalar_t), T_, H_, bi_, h0_ + ahead % nh_, t1 + ahead / nh_);
+    next.plan(xs_, NX, sizeof(scalar_t), T_, H_, bi_, h0_ + ahead % nh_, t1 + ahead / nh_, reverse_);
     return next;
   }
 
  private:
   const void* xs_[NX];
   int64_t T_, H_, bi_, h0_, nh_;
+  bool reverse_;
   std::vector<vec16> buf_;  // vec16 for 64-byte aligned rows
 };
 
-// The inverse: src [head][row][N] (rows per head) -> rows t0 .. t0 + n - 1 of heads h0 .. of y.
+// The inverse: src [head][row][N] (rows per head) -> steps t0 .. t0 + n - 1 of heads h0 .. of y.
 template <typename scalar_t>
 inline void scatter_heads(const float* src, int64_t T, int64_t H, int64_t N, int64_t bi, int64_t h0, int64_t nh,
-                          int64_t t0, int64_t n, int64_t rows, void* y) {
-  scalar_t* dst = static_cast<scalar_t*>(y) + ((bi * T + t0) * H + h0) * N;
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t h = 0; h < nh; ++h)
-      from_float(src + (h * rows + t) * N, dst + t * H * N + h * N, static_cast<int>(N));
+                          int64_t t0, int64_t n, int64_t rows, void* y, bool reverse = false) {
+  for (int64_t t = 0; t < n; ++t) {
+    scalar_t* dst = static_cast<scalar_t*>(y) + ((bi * T + token(t0 + t, T, reverse)) * H + h0) * N;
+    for (int64_t h = 0; h < nh; ++h) from_float(src + (h * rows + t) * N, dst + h * N, static_cast<int>(N));
+  }
 }
 
 // Runs fn(bi, h0, h1) over head groups on torch's thread pool: about two groups per thread in all, each

@@ -13,8 +13,9 @@ normalised `(fb + 4.421761) / 4.32408`.
 
 Backbone: Conv2d(1, C, 16, stride 16) stem -> 62 x 8 (time x mel) tokens, time-major, + learned position
 embedding; pre-LN blocks whose token shift is a depthwise 3x3 convolution on the grid (ConvShift), RWKV-7
-time-mix with value residual, in-context rate, output gate and bonus; Bi-WKV: the causal scan runs once on
-[X; flip_T(X)] (batch 2B, one kernel call) and a per-token, per-head sigmoid gate mixes both directions;
+time-mix with value residual, in-context rate, output gate and bonus; Bi-WKV: the causal scan runs on X
+and on flip_T(X) (the official code scans [X; flip_T(X)] as one batch; here the second call reads X backwards,
+`reverse=True`, without flipped copies) and a per-token, per-head sigmoid gate mixes both directions;
 GroupNorm(H, eps 6.4e-4); channel-mix relu^2 with biases.  Embedding = ln_out(mean of tokens).
 
 Clip-length rules (F = fbank frames of the clip, 992 = one native window, 998 = frames of a 10.0 s clip):
@@ -178,14 +179,14 @@ class TimeMix(nn.Module):
         kk = F.normalize((k * self.k_k).view(B, T, H, N), dim=-1, p=2.0).view(B, T, C)
         k = k * (1 + (a - 1) * self.k_a)
 
-        # Bi-WKV: both directions in one scan call over the batch [X; flip_T(X)].
-        def both(t):
-            return torch.cat([t, t.flip(1)], dim=0).view(2 * B, T, H, N).contiguous()
-
-        y = wkv7(both(r), both(w), both(k), both(v), both(-kk), both(kk * a), backend=scan_backend)
-        y_fwd, y_bwd = y.chunk(2, dim=0)
+        # Bi-WKV: the causal scan over X and over flip_T(X).  The official code flips copies of the six
+        # inputs into one batch [X; flip_T(X)] and flips the output back; reverse=True reads X backwards
+        # and writes y_bwd in token order, which is the same scan without the copies (tests/test_wkv7.py).
+        scan_in = [t.view(B, T, H, N) for t in (r, w, k, v, -kk, kk * a)]
+        y_fwd = wkv7(*scan_in, backend=scan_backend)
+        y_bwd = wkv7(*scan_in, backend=scan_backend, reverse=True)
         gate = torch.sigmoid(self.gate(xx.transpose(1, 2))).transpose(1, 2).unsqueeze(3)  # (B, T, H, 1)
-        y = gate * y_fwd + (1.0 - gate) * y_bwd.flip(1)
+        y = gate * y_fwd + (1.0 - gate) * y_bwd
 
         y = self.ln_x(y.reshape(B * T, C)).view(B, T, C)
         bonus = (r.view(B, T, H, N) * k.view(B, T, H, N) * self.r_k).sum(-1, keepdim=True) * v.view(B, T, H, N)

@@ -113,6 +113,9 @@ def test_wkv7_cuda_bidirectional_on_flipped_views():
     torch.testing.assert_close(y[2:], y_bwd_ref, **WKV_TOL[torch.float32])
     views = [t.cuda().flip(1)[:, :, :, :] for t in x]
     torch.testing.assert_close(csrc.wkv7(*views, backend="compiled").cpu(), y_bwd_ref, **WKV_TOL[torch.float32])
+    # reverse=True (flipped copies on CUDA) equals the backward direction in token order
+    y_rev = csrc.wkv7(*cuda(x), backend="compiled", reverse=True).cpu()
+    torch.testing.assert_close(y_rev, y_bwd_ref.flip(1), **WKV_TOL[torch.float32])
 
 
 @pytest.mark.parametrize("op", WKV_OPS)

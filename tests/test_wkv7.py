@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import csrc
 from _kernel_helpers import (
+    WKV_STATE_TOL,
     WKV_TOL as TOL,
     assert_empty_sequence_keeps_the_state,
     assert_wkv_compiled_equals_reference,
@@ -89,7 +90,8 @@ def test_chunked_with_carried_state_equals_one_pass(dtype):
 
 
 def test_bidirectional_use_on_flipped_and_strided_inputs():
-    """A-RWKV runs the causal scan on [X; flip_T(X)] (batch 2B); views that are not contiguous work."""
+    """The official A-RWKV scans [X; flip_T(X)] as one batch of 2B (hearscan's uses reverse=True, tested
+    below); that and views that are not contiguous work."""
     B, T, H, N = 2, 29, 3, 64
     x = _inputs(B, T, H, N, seed=5)
     # (B, H, T, N) storage seen as (B, T, H, N): a non-contiguous view, as after a head transpose
@@ -104,6 +106,43 @@ def test_bidirectional_use_on_flipped_and_strided_inputs():
     torch.testing.assert_close(y_both[B:], y_bwd_ref, **TOL[torch.float32])
     # the flipped copy of a strided view, fed on its own
     torch.testing.assert_close(csrc.wkv7(*backward, backend="compiled"), y_bwd_ref, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_reverse_is_the_scan_of_the_flipped_sequence(dtype):
+    """reverse=True (A-RWKV's backward direction without flipped copies) reads the tokens last to first:
+    bit for bit the forward kernel on flipped inputs, flipped back, and the reference's reverse, for the
+    fixed head sizes and the generic one (48), token blocks crossed, uneven head groups, 1-3 threads."""
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 2, 3):
+            torch.set_num_threads(n_threads)
+            for B, T, H, N in ((2, 1, 3, 64), (1, 40, 5, 64), (3, 19, 2, 32), (2, 21, 2, 48)):
+                x = _inputs(B, T, H, N, dtype=dtype, seed=7)
+                s0 = torch.randn(B, H, N, N, generator=torch.Generator().manual_seed(8)) * 0.1
+                y, s = csrc.wkv7(*x, state=s0, return_state=True, backend="compiled", reverse=True)
+                y_flip, s_flip = csrc.wkv7(*(t.flip(1) for t in x), state=s0, return_state=True, backend="compiled")
+                torch.testing.assert_close(y, y_flip.flip(1), atol=0, rtol=0)
+                torch.testing.assert_close(s, s_flip, atol=0, rtol=0)
+                y_ref, s_ref = csrc.wkv7(*x, state=s0, return_state=True, backend="reference", reverse=True)
+                torch.testing.assert_close(y, y_ref, **TOL[dtype])
+                torch.testing.assert_close(s, s_ref, **WKV_STATE_TOL)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_reverse_in_chunks_last_chunk_first_equals_one_pass():
+    """A long recording scanned backwards in chunks: the last chunk first, its state carried to the one
+    before it."""
+    x = _inputs(2, 100, 3, 64, seed=9)
+    full, s_full = csrc.wkv7(*x, return_state=True, backend="compiled", reverse=True)
+    ys, state = run_in_chunks(
+        lambda lo, hi, s: csrc.wkv7(*(t[:, lo:hi] for t in x), state=s, return_state=True, backend="compiled",
+                                    reverse=True),
+        [(64, 100), (38, 64), (37, 38), (0, 37)],
+    )
+    torch.testing.assert_close(torch.cat(ys[::-1], dim=1), full, atol=0, rtol=0)
+    torch.testing.assert_close(state, s_full, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("backend", ["compiled", "reference"])
