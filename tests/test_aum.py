@@ -84,10 +84,12 @@ def test_timestamp_embeddings_pool_official_tokens_over_frequency(variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_both_directions_in_one_kernel_call_equals_two_calls(variant):
-    """With A == A_b (Mamba's init) the scans are batched; Bi-Bi then applies D_b and delta_bias_b itself."""
+    """With A == A_b (Mamba's init) the scans can be batched (by default only on CUDA; forced here); Bi-Bi
+    then applies D_b and delta_bias_b itself."""
     model, clips, _ = _load(variant)
     for layer in model.layers:
         layer.mixer.A_b_log.data.copy_(layer.mixer.A_log.data)
+        layer.mixer.batch_directions = True
     fb, _ = model.fbank(clips[1])
     with torch.no_grad():
         batched = model.forward_tokens(fb)
