@@ -48,7 +48,8 @@ void wkv6_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
 
   enum { R, K, V, W };
   const void* const inputs[4] = {p.r, p.k, p.v, p.w};
-  BlockStream<scalar_t, N, 4, 4> blocks(inputs, T, H, bi, h0, nh, false);  // 4 N / 16 lines per row: one every 4th j
+  // 4 N / 16 cache lines per step's rows: a prefetch every fourth key column
+  BlockStream<scalar_t, N, 4, 4> blocks(inputs, T, H, bi, h0, nh, false);
   std::vector<vec16> ybuf(nh * kBlock * NV);
   float* y = reinterpret_cast<float*>(ybuf.data());
 

@@ -63,7 +63,8 @@ void wkv7_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
 
   enum { R, W, K, V, A, Bv };
   const void* const inputs[6] = {p.r, p.w, p.k, p.v, p.a, p.b};
-  BlockStream<scalar_t, N, 6, 2> blocks(inputs, T, H, bi, h0, nh, p.reverse);  // 6 N / 16 lines per row: one every 2nd j
+  // 6 N / 16 cache lines per step's rows: a prefetch every second key column
+  BlockStream<scalar_t, N, 6, 2> blocks(inputs, T, H, bi, h0, nh, p.reverse);
   std::vector<vec16> ybuf(nh * kBlock * NV);
   float* y = reinterpret_cast<float*>(ybuf.data());
 
@@ -74,9 +75,10 @@ void wkv7_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
       vec16* sa = &sa_all[h * NV];  // S a for the coming step
       const int64_t o = h * kBlock * N;
       float *rh = blocks.rows(t0, R) + o, *dh = blocks.rows(t0, W) + o, *kh = blocks.rows(t0, K) + o,
-            *vh = blocks.rows(t0, V) + o, *ah = blocks.rows(t0, A) + o, *bh = blocks.rows(t0, Bv) + o, *yh = y + o;
-      // the a row after this block's last: the next block's first (copied at that block's copy step h,
-      // before this head's last step), or at the very end the last row again (its sa is never used)
+            *vh = blocks.rows(t0, V) + o, *ah = blocks.rows(t0, A) + o, *bh = blocks.rows(t0, Bv) + o,
+            *yh = y + o;
+      // the a row after this block's last: the next block's first (copied at this block's copy step h,
+      // no later than this head's last step), or at the very end the last row again (its sa is unused)
       const float* a_after = t0 + n < T ? blocks.rows(t0 + kBlock, A) + o : ah + (n - 1) * N;
       for (int64_t i = 0; i < n * NV; ++i) store16(dh + 16 * i, wkv_decay16(load16(dh + 16 * i)));
       if (t0 == 0)
@@ -89,7 +91,7 @@ void wkv7_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
         const float* an = t + 1 < n ? ah + (t + 1) * N : a_after;  // the next step's a
         // sa and the row values in locals: GCC cannot always prove that the state stores leave them
         // alone, and then reloads sa and re-broadcasts each row value for every 16 state rows (20 loads
-        // per key column instead of 5: 0.85-0.9x)
+        // per key column instead of 5: 0.8-0.9x)
         vec16 vv[NV], sa_t[NV], acc[NV] = {}, sa_next[NV] = {};
         for (int iv = 0; iv < NV; ++iv) vv[iv] = load16(vh + t * N + 16 * iv), sa_t[iv] = sa[iv];
         for (int j = 0; j < N; ++j) {

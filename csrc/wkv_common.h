@@ -86,12 +86,12 @@ inline void gather_heads(const void* x, int64_t T, int64_t H, int64_t N, int64_t
   }
 }
 
-// The cache lines of step t's row of head h of batch row bi of each of the nx inputs xs (each (B, T, H, N);
-// past the end: the last step's row again), to be brought into L2 one at a time: plan() at the start of a step, then
-// at(j) for each key column j of the step's loop, which issues one line every Stride columns (room for
-// N / Stride lines).  Issued as one burst (24 lines per step for WKV-7) the prefetches ran out of
-// line-fill buffers and stalled the core: perf put 20 % of WKV-7's time on them (B=4 T=496 H=12); spread
-// out, WKV-7 was 1.02-1.14x faster than with the burst (same process, 1 thread).
+// The cache lines of step t's row of head h of batch row bi of each of the nx inputs xs (each
+// (B, T, H, N); past the end: the last step's row again), to be brought into L2 one at a time: plan() at
+// the start of a step, then at(j) for each key column j of the step's loop, which issues one line every
+// Stride columns (room for N / Stride lines).  Issued as one burst (24 lines per step for WKV-7) the
+// prefetches ran out of line-fill buffers and stalled the core: perf put 20 % of WKV-7's time on them
+// (B=4 T=496 H=12); spread out, WKV-7 was 1.02-1.14x faster than with the burst (same process, 1 thread).
 template <int N, int Stride>
 struct RowPrefetch {
   const char* lines[N / Stride];
@@ -118,7 +118,8 @@ struct RowPrefetch {
 // gathered up front, and every later block is copied while the one before it is computed.  At each step
 // of the current block (head h, token t: copy step c = h * n + t, n its tokens) the kernel calls
 // step(t0, c), which converts one row of every input of the next block into the other buffer set, in
-// memory order (token-major, the group's heads within a token), and plans the L2 prefetch of the row
+// memory order (token-major, the group's heads within a token; tokens descending when reverse), and
+// plans the L2 prefetch of the row
 // kAhead copy steps later; the kernel issues it a line at a time inside the step's loop (at(j)).  Each
 // step copies one row per input, so a block of n tokens has room for nh * n rows, and the next block
 // never has more than the current one.
@@ -126,17 +127,19 @@ struct RowPrefetch {
 // Why: the inputs do not fit in cache (A-RWKV-B, B=4 T=496 H=12: 36.6 MB of float32 per call, about
 // 5 ms at this VM's 7.6 GB/s single-core read bandwidth, against 8-10 ms of recurrence).  Gathering a
 // whole block between blocks (the earlier design) left the FMA units idle while it ran (WKV-7 on stale
-// buffers, without gathers, decays and prefetches, ran 1.4-1.55x faster).  Copied during the steps, WKV-6 became 1.03-1.27x faster (median 1.07,
-// 1 thread, side by side); WKV-7, whose loop is busier, 0.89-1.14x, i.e. no clear change.  A synthetic
-// FMA loop on this VM hides 6 cache lines of sequential reads per 400 ns step completely, but 24 (WKV-7's
-// rows per step) cost it 20-50 % however they are prefetched: the memory traffic is a floor here.
+// buffers, without gathers, decays and prefetches, ran 1.4-1.55x faster).  Copied during the steps,
+// WKV-6 became 1.01-1.27x faster (median 1.06; 1 thread, side by side, six runs at two shapes); WKV-7,
+// whose loop is busier, 0.89-1.14x (median 1.01).  A synthetic FMA loop on this VM hides 6 cache lines
+// of sequential reads per 400 ns step completely, but 24 (WKV-7's rows per step) cost it 20-50 %
+// however they are prefetched: the memory traffic is a floor here.
 template <typename scalar_t, int N, int NX, int Stride>
 class BlockStream {
  public:
   static constexpr int64_t kAhead = 4;
 
   // reverse: step t is token T - 1 - t (see token()).
-  BlockStream(const void* const (&xs)[NX], int64_t T, int64_t H, int64_t bi, int64_t h0, int64_t nh, bool reverse)
+  BlockStream(const void* const (&xs)[NX], int64_t T, int64_t H, int64_t bi, int64_t h0, int64_t nh,
+              bool reverse)
       : T_(T), H_(H), bi_(bi), h0_(h0), nh_(nh), reverse_(reverse), buf_(2 * NX * nh * kBlock * N / 16) {
     for (int x = 0; x < NX; ++x) xs_[x] = xs[x];
     for (int x = 0; x < NX; ++x)
@@ -153,7 +156,8 @@ class BlockStream {
   RowPrefetch<N, Stride> step(int64_t t0, int64_t c) {
     const int64_t t1 = t0 + kBlock, n_next = std::min(kBlock, T_ - t1);
     if (c < nh_ * n_next) {
-      const int64_t t = c / nh_, h = c % nh_, src = ((bi_ * T_ + token(t1 + t, T_, reverse_)) * H_ + h0_ + h) * N;
+      const int64_t t = c / nh_, h = c % nh_;
+      const int64_t src = ((bi_ * T_ + token(t1 + t, T_, reverse_)) * H_ + h0_ + h) * N;
       for (int x = 0; x < NX; ++x)
         to_float(static_cast<const scalar_t*>(xs_[x]) + src, rows(t1, x) + (h * kBlock + t) * N, N);
     }

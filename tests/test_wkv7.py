@@ -121,7 +121,8 @@ def test_reverse_is_the_scan_of_the_flipped_sequence(dtype):
                 x = _inputs(B, T, H, N, dtype=dtype, seed=7)
                 s0 = torch.randn(B, H, N, N, generator=torch.Generator().manual_seed(8)) * 0.1
                 y, s = csrc.wkv7(*x, state=s0, return_state=True, backend="compiled", reverse=True)
-                y_flip, s_flip = csrc.wkv7(*(t.flip(1) for t in x), state=s0, return_state=True, backend="compiled")
+                flipped = [t.flip(1) for t in x]
+                y_flip, s_flip = csrc.wkv7(*flipped, state=s0, return_state=True, backend="compiled")
                 torch.testing.assert_close(y, y_flip.flip(1), atol=0, rtol=0)
                 torch.testing.assert_close(s, s_flip, atol=0, rtol=0)
                 y_ref, s_ref = csrc.wkv7(*x, state=s0, return_state=True, backend="reference", reverse=True)
