@@ -14,9 +14,9 @@ normalised `(fb + 4.421761) / 4.32408`.
 Backbone: Conv2d(1, C, 16, stride 16) stem -> 62 x 8 (time x mel) tokens, time-major, + learned position
 embedding; pre-LN blocks whose token shift is a depthwise 3x3 convolution on the grid (ConvShift), RWKV-7
 time-mix with value residual, in-context rate, output gate and bonus; Bi-WKV: the causal scan runs on X
-and on flip_T(X) (the official code scans [X; flip_T(X)] as one batch; here the second call reads X backwards,
-`reverse=True`, without flipped copies) and a per-token, per-head sigmoid gate mixes both directions;
-GroupNorm(H, eps 6.4e-4); channel-mix relu^2 with biases.  Embedding = ln_out(mean of tokens).
+and on flip_T(X) (the official code scans [X; flip_T(X)] as one batch; here a second call reads X
+backwards, `reverse=True`, without flipped copies) and a per-token, per-head sigmoid gate mixes both
+directions; GroupNorm(H, eps 6.4e-4); channel-mix relu^2 with biases.  Embedding = ln_out(mean of tokens).
 
 Clip-length rules (F = fbank frames of the clip, 992 = one native window, 998 = frames of a 10.0 s clip):
 - F <= 998 (clips up to 10.0 s): exactly the official pipeline - one window, padded or cut to 992 frames,
