@@ -5,7 +5,9 @@ Signature and semantics follow mamba's `selective_scan_fn` / `selective_scan_ref
     delta = softplus(delta + delta_bias) if delta_softplus (torch's softplus: identity above 20)
     h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t          (state h: (B, D, N) float32)
     y_t = C_t . h_t + D * u_t;   out = y * silu(z) if z is given
-AuM's bidirectional schemes are built from two calls on time-flipped inputs (see hear_modules/aum.py).
+AuM's bidirectional schemes are built from two calls, the backward one on the time-flipped sequence
+(see hear_modules/aum.py): `reverse=True` scans from the last step to the first without flipped copies,
+equal to flip(selective_scan(flip(u), flip(delta), A, flip(B), flip(C), D, flip(z))).
 """
 
 from __future__ import annotations
@@ -23,9 +25,14 @@ CUDA_MAX_DSTATE = 64  # the CUDA kernel's limit (selective_scan_cuda.cu)
 
 def selective_scan_reference(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-    state=None, return_state=False, backend=None,
+    state=None, return_state=False, backend=None, reverse=False,
 ):
     """Plain per-step recurrence in float32.  Same signature as `selective_scan` (`backend` ignored)."""
+    if reverse:  # the definition: the scan of the time-flipped sequence, its output flipped back
+        u, delta, B, C, z = (None if x is None else x.flip(-1) for x in (u, delta, B, C, z))
+        out = selective_scan_reference(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                                       delta_softplus=delta_softplus, state=state, return_state=return_state)
+        return (out[0].flip(-1), out[1]) if return_state else out.flip(-1)
     dtype = u.dtype
     u, delta, A, B, C = (x.float() for x in (u, delta, A, B, C))
     if delta_bias is not None:
@@ -51,7 +58,7 @@ def selective_scan_reference(
 
 def selective_scan(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-    state=None, return_state=False, backend=None,
+    state=None, return_state=False, backend=None, reverse=False,
 ):
     """Selective scan; returns out (B, D, L) in u's dtype, and the final state (B, D, N) if asked.
 
@@ -59,6 +66,9 @@ def selective_scan(
     are computed in float32.  The state is float32.  The compiled kernel is forward-only: when autograd
     needs a gradient, "auto" uses the (differentiable) reference.
     `backend`: "auto" | "compiled" | "reference" (default: $HEARSCAN_SCAN_BACKEND or auto).
+    `reverse`: scan from the last step to the first (AuM's backward direction): out in step order, equal to
+    the scan of the time-flipped u, delta, B, C, z flipped back, and the state after step 0.  The CPU
+    kernel reads u, delta, z backwards; on CUDA they are flipped.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias, state)
     kernel = None
@@ -69,8 +79,12 @@ def selective_scan(
     if kernel is None:
         return selective_scan_reference(
             u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
-            state=state, return_state=return_state,
+            state=state, return_state=return_state, reverse=reverse,
         )
+    # The CPU kernel scans backwards itself; the CUDA one gets flipped copies.
+    flip = bool(reverse) and not _REVERSE_IN_KERNEL.get(u.device.type, False)
+    if flip:
+        u, delta, z = (None if x is None else x.flip(-1) for x in (u, delta, z))
     out_dtype = u.dtype
     # The kernel reads u, delta, z in one dtype (float32 or bfloat16) and the small operands as float32;
     # B and C are transposed to (B, L, N) so that one time step's d_state values are contiguous.
@@ -80,23 +94,30 @@ def selective_scan(
     u, delta = u.to(io_dtype).contiguous(), delta.to(io_dtype).contiguous()
     z = None if z is None else z.to(io_dtype).contiguous()
     small = [None if x is None else x.float().contiguous() for x in (A, D, delta_bias, state)]
-    Bt, Ct = (x.float().transpose(1, 2).contiguous() for x in (B, C))
+    # B and C in step order: time-flipped for a reverse scan (in the same copy as the transpose)
+    Bt, Ct = (x.float().transpose(1, 2).flip(1).contiguous() if reverse else x.float().transpose(1, 2).contiguous()
+              for x in (B, C))
     A, D, delta_bias, state = small
-    out, last_state = kernel(u, delta, A, Bt, Ct, D, z, delta_bias, bool(delta_softplus), state)
+    out, last_state = kernel(u, delta, A, Bt, Ct, D, z, delta_bias, bool(delta_softplus), state,
+                             reverse=bool(reverse) and not flip)
     out = out.to(out_dtype)
+    if flip:
+        out = out.flip(-1)
     return (out, last_state) if return_state else out
 
 
-def _cpu_kernel(*args):
-    return load("selective_scan").forward(*args)
+def _cpu_kernel(*args, reverse=False):
+    return load("selective_scan").forward(*args, reverse)
 
 
-def _cuda_kernel(*args):
+def _cuda_kernel(*args, reverse=False):
+    assert not reverse, "the CUDA kernel has no reverse scan: the binding flips its inputs"
     return load("selective_scan", "cuda").forward(*args)
 
 
-# Compiled kernels by device type, one signature.
+# Compiled kernels by device type, one signature; which of them take reverse=True themselves.
 _KERNELS = {"cpu": _cpu_kernel, "cuda": _cuda_kernel}
+_REVERSE_IN_KERNEL = {"cpu": True, "cuda": False}
 
 
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias, state):

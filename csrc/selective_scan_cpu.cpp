@@ -15,7 +15,9 @@
 // 16 steps of one channel around it.
 //
 // The Python binding passes B and C already transposed to (B, L, N) float32, A, D and delta_bias as
-// float32, and u, delta, z contiguous in one dtype (float32 or bfloat16).  State is float32.
+// float32, and u, delta, z contiguous in one dtype (float32 or bfloat16).  State is float32.  `reverse`
+// scans from the last token to the first (AuM's backward direction without flipped copies): u, delta, z
+// and the output are read and written backwards, B and C come from the binding already in step order.
 
 #include <torch/extension.h>
 
@@ -102,6 +104,28 @@ inline void store_run(scalar_t* dst, vec16 x, int64_t n) {
   from_float(buf, dst, static_cast<int>(n));
 }
 
+// Steps s .. s + n - 1 (n <= 16) of one channel's row x of L tokens as lanes 0 .. n - 1, and back: tokens
+// s .. s + n - 1, or for a reverse scan tokens L - 1 - s down to L - s - n.
+template <typename scalar_t>
+inline vec16 load_steps(const scalar_t* x, int64_t L, int64_t s, int64_t n, bool reverse) {
+  if (!reverse) return load_run(x + s, n);
+  const scalar_t* src = x + (L - s - n);  // the lowest of the n tokens
+  if (n == 16) return reverse16(load_run(src, 16));
+  alignas(64) float buf[16] = {};
+  for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<float>(src[n - 1 - i]);
+  return load16(buf);
+}
+
+template <typename scalar_t>
+inline void store_steps(scalar_t* x, int64_t L, int64_t s, vec16 v, int64_t n, bool reverse) {
+  if (!reverse) return store_run(x + s, v, n);
+  scalar_t* dst = x + (L - s - n);
+  if (n == 16) return store_run(dst, reverse16(v), 16);
+  alignas(64) float buf[16];
+  store16(buf, v);
+  for (int64_t i = 0; i < n; ++i) dst[n - 1 - i] = static_cast<scalar_t>(buf[i]);
+}
+
 // Elements [t0, t0 + n) of the row starting at x[row] of a (B, D, L) tensor into L2, a cache line at a
 // time (nothing for n <= 0).
 template <typename scalar_t>
@@ -122,6 +146,7 @@ struct Problem {
   const float* delta_bias;  // (D,) or null
   const float* state;       // (B, D, N) or null
   float* last_state;        // (B, D, N)
+  bool reverse;             // step s is token L - 1 - s (Bt and Ct come already in step order)
 };
 
 // The recurrence over one segment of ts steps: sequential in time, CB channels per vector, one dependency
@@ -184,8 +209,8 @@ void scan_block(const Problem& p, const scalar_t* u, const scalar_t* delta, cons
     // lanes stay 0.
     const bool last_segment = t0 + ts >= L;
     for (int64_t c = 0; c < cb; ++c) {
-      const scalar_t* dl = delta + row0 + c * L + t0;
-      const scalar_t* ul = u + row0 + c * L + t0;
+      const scalar_t* dl = delta + row0 + c * L;  // this channel's rows
+      const scalar_t* ul = u + row0 + c * L;
       // This channel's rows of the next segment (after the last one: of the next block's first segment)
       // into L2 while this one is scanned.  Each task reads 16 channels x 3 tensors in runs of TS steps,
       // too many short streams for the hardware prefetcher: without this, stalls on the loads of delta, u
@@ -195,13 +220,13 @@ void scan_block(const Problem& p, const scalar_t* u, const scalar_t* delta, cons
       const int64_t pf_t = last_segment ? 0 : t0 + ts;
       const int64_t pf_n = (last_segment && c >= next_cb) ? 0 : std::min(TS, L - pf_t);
       for (const scalar_t* x : {delta, u, z, static_cast<const scalar_t*>(out)})
-        prefetch_run(x, pf_row, pf_t, pf_n);
+        prefetch_run(x, pf_row, p.reverse ? L - pf_t - pf_n : pf_t, pf_n);
       for (int64_t t = 0; t < ts; t += 16) {
         const int64_t n = std::min<int64_t>(16, ts - t);
-        vec16 d = load_run(dl + t, n) + bias[c];
+        vec16 d = load_steps(dl, L, t0 + t, n, p.reverse) + bias[c];
         if (p.softplus) d = softplus16(d);
         store16(scratch_dt[c] + t, d);
-        store16(scratch_du[c] + t, d * load_run(ul + t, n));
+        store16(scratch_du[c] + t, d * load_steps(ul, L, t0 + t, n, p.reverse));
       }
     }
     for (int64_t t = 0; t < ts; ++t)
@@ -222,14 +247,14 @@ void scan_block(const Problem& p, const scalar_t* u, const scalar_t* delta, cons
     for (int64_t t = 0; t < ts; ++t)
       for (int64_t c = 0; c < CB; ++c) yc[c][t] = y[t][c];
     for (int64_t c = 0; c < cb; ++c) {
-      const scalar_t* ul = u + row0 + c * L + t0;
-      const scalar_t* zl = z ? z + row0 + c * L + t0 : nullptr;
-      scalar_t* ol = out + row0 + c * L + t0;
+      const scalar_t* ul = u + row0 + c * L;
+      const scalar_t* zl = z ? z + row0 + c * L : nullptr;
+      scalar_t* ol = out + row0 + c * L;
       for (int64_t t = 0; t < ts; t += 16) {
         const int64_t n = std::min<int64_t>(16, ts - t);
-        vec16 o = load16(yc[c] + t) + dskip[c] * load_run(ul + t, n);
-        if (zl) o *= silu16(load_run(zl + t, n));
-        store_run(ol + t, o, n);
+        vec16 o = load16(yc[c] + t) + dskip[c] * load_steps(ul, L, t0 + t, n, p.reverse);
+        if (zl) o *= silu16(load_steps(zl, L, t0 + t, n, p.reverse));
+        store_steps(ol, L, t0 + t, o, n, p.reverse);
       }
     }
   }
@@ -246,7 +271,7 @@ const float* data_or_null(const c10::optional<torch::Tensor>& t) {
 std::vector<torch::Tensor> forward(torch::Tensor u, torch::Tensor delta, torch::Tensor A, torch::Tensor Bt,
                                    torch::Tensor Ct, c10::optional<torch::Tensor> Dskip,
                                    c10::optional<torch::Tensor> z, c10::optional<torch::Tensor> delta_bias,
-                                   bool delta_softplus, c10::optional<torch::Tensor> state) {
+                                   bool delta_softplus, c10::optional<torch::Tensor> state, bool reverse) {
   TORCH_CHECK(u.device().is_cpu(), "selective_scan CPU kernel: tensors must be on the CPU");
   TORCH_CHECK(u.dim() == 3 && u.is_contiguous() && delta.sizes() == u.sizes() && delta.is_contiguous() &&
                   delta.scalar_type() == u.scalar_type(),
@@ -274,7 +299,7 @@ std::vector<torch::Tensor> forward(torch::Tensor u, torch::Tensor delta, torch::
   auto last_state = torch::empty({batch, dim, dstate}, u.options().dtype(at::kFloat));
   Problem p{batch, dim, length, dstate, delta_softplus, A.data_ptr<float>(), Bt.data_ptr<float>(),
             Ct.data_ptr<float>(), data_or_null(Dskip), data_or_null(delta_bias), data_or_null(state),
-            last_state.data_ptr<float>()};
+            last_state.data_ptr<float>(), reverse};
   const int64_t blocks = (dim + CB - 1) / CB;
 
   TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kBFloat16,

@@ -33,6 +33,15 @@ typedef int32_t ivec16 __attribute__((vector_size(64)));
 
 inline vec16 splat16(float v) { return vec16{} + v; }
 
+// The 16 lanes in reverse order (one permute with AVX-512).
+inline vec16 reverse16(vec16 x) {
+#if defined(__clang__)
+  return __builtin_shufflevector(x, x, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+#else
+  return __builtin_shuffle(x, ivec16{15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0});
+#endif
+}
+
 inline vec16 load16(const float* p) {
   vec16 x;
   std::memcpy(&x, p, sizeof(x));

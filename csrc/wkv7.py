@@ -23,6 +23,7 @@ from csrc._checks import (
 
 MAX_HEAD_SIZE = 1024  # the CPU kernel's limit (kMaxHeadSize in wkv7_cpu.cpp)
 CUDA_MAX_HEAD_SIZE = 128  # the CUDA kernel's (wkv7_cuda.cu)
+_REVERSE_IN_KERNEL = {"cpu": True, "cuda": False}  # which kernels take reverse=True themselves
 
 
 def wkv7_reference(r, w, k, v, a, b, state=None, return_state=False, backend=None, reverse=False):
@@ -77,11 +78,12 @@ def wkv7(r, w, k, v, a, b, state=None, return_state=False, backend=None, reverse
             and within_cuda_limit("wkv7", r.device, r.shape[3], CUDA_MAX_HEAD_SIZE, "head sizes", backend)):
         return wkv7_reference(r, w, k, v, a, b, state=state, return_state=return_state, reverse=reverse)
     inputs = (r, w, k, v, a, b)
-    flip = bool(reverse) and r.device.type != "cpu"  # the CUDA kernel has no reverse: flipped copies
+    in_kernel = _REVERSE_IN_KERNEL.get(r.device.type, False)
+    flip = bool(reverse) and not in_kernel  # the CUDA kernel has no reverse: flipped copies
     if flip:
         inputs = tuple(x.flip(1) for x in inputs)
-    kernel = load("wkv7", r.device)  # the CPU or the CUDA kernel: one signature
-    extra = (bool(reverse),) if r.device.type == "cpu" else ()
+    kernel = load("wkv7", r.device)  # the CPU or the CUDA kernel: one signature (+ reverse on the CPU)
+    extra = (bool(reverse),) if in_kernel else ()
     out = kernel.forward(
         *(x.contiguous() for x in inputs),
         None if state is None else state.float().contiguous(),

@@ -17,14 +17,14 @@ patch j's.  Blocks: `residual += h; h = mixer(RMSNorm(residual))` with the resid
 eps 1e-5; the output is `norm_f(residual + h)`.  Mixer: Mamba (d_state 16, conv 4, expand 2) with two
 bidirectional schemes, exactly as the official code:
   * Fo-Bi (`bimamba v1`): one conv/x_proj/dt_proj/D; the backward scan runs over the time-flipped
-    *forward-conv output*, delta, B, C and z with its own A_b; outputs summed.
+    *forward-conv output*, delta, B, C and z with its own A_b; outputs summed.  Here that scan is
+    `selective_scan(..., reverse=True)` on the same tensors: no flipped copies, the output in step order.
   * Bi-Bi (`bimamba v2`): the backward branch has its own conv1d_b/x_proj_b/dt_proj_b/A_b/D_b and runs on
     the flipped in_proj output; `(y_f + flip(y_b)) / 2`.
-The forward and backward scans go to the kernel in one call (batch 2B) when both directions share A
-(Mamba's initialisation gives A_log == A_b_log, so random-init models take this path); trained
-checkpoints have A != A_b and the kernel's single (D, N) A then needs two calls.  On the CPU the two
-forms take about the same time (the copies into the 2B batch cost what the second call saves); one call
-matters where a launch is expensive.
+On CUDA the forward and backward scans go to the kernel in one call (batch 2B) when both directions share
+A (Mamba's initialisation gives A_log == A_b_log, so random-init models take this path); trained
+checkpoints have A != A_b and the kernel's single (D, N) A then needs two calls.  On the CPU two calls are
+faster (the copies into the 2B batch cost more than the second call saves; see Mixer.batch_directions).
 
 Embeddings:
   * Scene: the class token after norm_f -- what the official `forward(x, return_features=True)` returns
@@ -172,16 +172,20 @@ class Mixer(nn.Module):
         delta = (dt @ dt_proj.weight.t()).transpose(1, 2)  # bias goes to the kernel as delta_bias
         return u, delta, b.transpose(1, 2).contiguous(), c.transpose(1, 2).contiguous()
 
-    def _scan(self, u, delta, A, B, C, D, z, delta_bias):
+    def _scan(self, u, delta, A, B, C, D, z, delta_bias, reverse=False):
         return csrc.selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=True,
-                                   backend=self.scan_backend)
+                                   backend=self.scan_backend, reverse=reverse)
 
     def _scan_pair(self, fwd: dict, bwd: dict):
         """Run the forward and backward scans; one kernel call on a 2B batch when they share A and
-        batch_directions allows it."""
+        batch_directions allows it.  bwd may say reverse=True (Fo-Bi): its output is then in step order."""
         batched = self.batch_directions if self.batch_directions is not None else fwd["u"].device.type == "cuda"
         if not (batched and torch.equal(self.A_log, self.A_b_log)):
             return self._scan(**fwd), self._scan(**bwd)
+        bwd = dict(bwd)
+        reverse = bwd.pop("reverse", False)
+        if reverse:  # one batch needs the backward inputs in their own step order
+            bwd = {k: (v.flip(-1) if k in ("u", "delta", "B", "C", "z") else v) for k, v in bwd.items()}
         cat = lambda key: torch.cat([fwd[key], bwd[key]], dim=0)  # noqa: E731
         batch = fwd["u"].shape[0]
         if torch.equal(fwd["D"], bwd["D"]) and torch.equal(fwd["delta_bias"], bwd["delta_bias"]):
@@ -194,7 +198,7 @@ class Mixer(nn.Module):
             y = self._scan(u, delta, fwd["A"], cat("B"), cat("C"), None, None, None).float()
             d = torch.cat([fwd["D"][None].expand(batch, -1), bwd["D"][None].expand(batch, -1)], dim=0)
             y = ((y + u.float() * d[:, :, None]) * F.silu(cat("z").float())).to(u.dtype)
-        return y[:batch], y[batch:]
+        return y[:batch], (y[batch:].flip(-1) if reverse else y[batch:])
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h (B, L, D) -> (B, L, D)."""
@@ -204,12 +208,10 @@ class Mixer(nn.Module):
         A_b = -torch.exp(self.A_b_log.float())
         u, delta, b, c = self._branch(x, self.conv1d, self.x_proj, self.dt_proj)
         fwd = dict(u=u, delta=delta, A=A, B=b, C=c, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float())
-        if self.variant == "fobi":
-            flip = lambda t: t.flip(-1)  # noqa: E731
-            bwd = dict(u=flip(u), delta=flip(delta), A=A_b, B=flip(b), C=flip(c), D=self.D.float(), z=flip(z),
-                       delta_bias=self.dt_proj.bias.float())
+        if self.variant == "fobi":  # the same inputs scanned backwards (official: flipped copies, flipped back)
+            bwd = dict(fwd, A=A_b, reverse=True)
             y_f, y_b = self._scan_pair(fwd, bwd)
-            y = y_f + y_b.flip(-1)
+            y = y_f + y_b
         else:
             x_b, z_b = x.flip(-1), z.flip(-1)
             u_b, delta_b, b_b, c_b = self._branch(x_b, self.conv1d_b, self.x_proj_b, self.dt_proj_b)

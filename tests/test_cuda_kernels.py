@@ -208,6 +208,9 @@ def test_selective_scan_cuda_fo_bi_on_flipped_views():
     want = csrc.selective_scan(**flipped, backend="reference")
     got_views = {n: (v.cuda().flip(-1) if n in ("u", "delta", "z", "B", "C") else cuda(v)) for n, v in kw.items()}
     scaled_close(csrc.selective_scan(**got_views, backend="compiled"), want, rtol=1e-4, atol=1e-4)
+    # reverse=True (flipped copies on CUDA) equals the backward direction in step order
+    got_rev = csrc.selective_scan(**cuda(kw), backend="compiled", reverse=True)
+    scaled_close(got_rev, want.flip(-1), rtol=1e-4, atol=1e-4)
 
 
 def test_selective_scan_cuda_zero_length_and_large_d_state():

@@ -146,6 +146,51 @@ def test_chunked_with_carried_state_equals_one_pass(dtype):
 
 
 @needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}xD{}xN{}xL{}".format(*s))
+def test_reverse_is_the_scan_of_the_flipped_sequence(shape, dtype):
+    """reverse=True (AuM's backward direction without flipped copies) reads u, delta, z backwards and
+    writes the output in step order: bit for bit the kernel on flipped inputs, flipped back, with the
+    same final state; and equal to the reference's reverse."""
+    kw = make_inputs(*shape, dtype=dtype, seed=11)
+    state = torch.randn(shape[0], shape[1], shape[2], generator=torch.Generator().manual_seed(12)) * 0.1
+    y, h = csrc.selective_scan(**kw, state=state, return_state=True, backend="compiled", reverse=True)
+    flipped = {k: (v.flip(-1) if k in ("u", "delta", "z", "B", "C") else v) for k, v in kw.items()}
+    y_flip, h_flip = csrc.selective_scan(**flipped, state=state, return_state=True, backend="compiled")
+    torch.testing.assert_close(y, y_flip.flip(-1), atol=0, rtol=0)
+    torch.testing.assert_close(h, h_flip, atol=0, rtol=0)
+    y_ref = csrc.selective_scan(**kw, state=state, backend="reference", reverse=True)
+    torch.testing.assert_close(y.float(), y_ref.float(), **TOL[dtype])
+
+
+@needs_kernel
+def test_reverse_by_flipped_copies_for_kernels_without_it(monkeypatch):
+    """The CUDA kernel has no reverse: the binding flips u, delta, z (and B, C in their transposed copy)
+    and the output instead.  That path, taken here by the CPU kernel, equals the CPU kernel's reverse."""
+    kw = make_inputs(2, 21, 16, 70, seed=14)
+    state = torch.randn(2, 21, 16, generator=torch.Generator().manual_seed(15)) * 0.1
+    y, h = csrc.selective_scan(**kw, state=state, return_state=True, backend="compiled", reverse=True)
+    monkeypatch.setitem(ss_mod._REVERSE_IN_KERNEL, "cpu", False)
+    y_flip, h_flip = csrc.selective_scan(**kw, state=state, return_state=True, backend="compiled", reverse=True)
+    torch.testing.assert_close(y_flip, y, atol=0, rtol=0)
+    torch.testing.assert_close(h_flip, h, atol=0, rtol=0)
+
+
+@needs_kernel
+def test_reverse_in_chunks_last_chunk_first_equals_one_pass():
+    kw = make_inputs(2, 21, 16, 150, seed=13)
+    full, h_full = csrc.selective_scan(**kw, return_state=True, backend="compiled", reverse=True)
+
+    def run(lo, hi, state):
+        part = {k: (v[..., lo:hi] if k in ("u", "delta", "z", "B", "C") else v) for k, v in kw.items()}
+        return csrc.selective_scan(**part, state=state, return_state=True, backend="compiled", reverse=True)
+
+    outs, state = run_in_chunks(run, [(38, 150), (1, 38), (0, 1)])
+    torch.testing.assert_close(torch.cat(outs[::-1], dim=-1), full, atol=0, rtol=0)
+    torch.testing.assert_close(state, h_full, atol=0, rtol=0)
+
+
+@needs_kernel
 def test_zero_length_passes_state_through():
     kw = make_inputs(2, 3, 4, 0)
     state = torch.randn(2, 3, 4)
@@ -236,7 +281,7 @@ def test_reference_backend_never_calls_the_kernel(monkeypatch):
 def test_auto_backend_uses_the_kernel(monkeypatch):
     calls = []
     real = ss_mod._KERNELS["cpu"]
-    monkeypatch.setitem(ss_mod._KERNELS, "cpu", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setitem(ss_mod._KERNELS, "cpu", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     monkeypatch.delenv("HEARSCAN_SCAN_BACKEND", raising=False)
     csrc.selective_scan(**make_inputs(1, 3, 4, 5))
     assert calls == [1]

@@ -132,6 +132,18 @@ def test_reverse_is_the_scan_of_the_flipped_sequence(dtype):
         torch.set_num_threads(threads)
 
 
+def test_reverse_by_flipped_copies_for_kernels_without_it(monkeypatch):
+    """The CUDA kernel has no reverse: the binding flips the inputs and the output instead.  That path,
+    taken here by the CPU kernel, gives the same result and state as the CPU kernel's own reverse."""
+    x = _inputs(2, 37, 3, 64, seed=10)
+    s0 = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(11)) * 0.1
+    y, s = csrc.wkv7(*x, state=s0, return_state=True, backend="compiled", reverse=True)
+    monkeypatch.setitem(wkv7_module._REVERSE_IN_KERNEL, "cpu", False)
+    y_flip, s_flip = csrc.wkv7(*x, state=s0, return_state=True, backend="compiled", reverse=True)
+    torch.testing.assert_close(y_flip, y, atol=0, rtol=0)
+    torch.testing.assert_close(s_flip, s, atol=0, rtol=0)
+
+
 def test_reverse_in_chunks_last_chunk_first_equals_one_pass():
     """A long recording scanned backwards in chunks: the last chunk first, its state carried to the one
     before it."""
