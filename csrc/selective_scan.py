@@ -95,8 +95,8 @@ def selective_scan(
     z = None if z is None else z.to(io_dtype).contiguous()
     small = [None if x is None else x.float().contiguous() for x in (A, D, delta_bias, state)]
     # B and C in step order: time-flipped for a reverse scan (in the same copy as the transpose)
-    Bt, Ct = (x.float().transpose(1, 2).flip(1).contiguous() if reverse else x.float().transpose(1, 2).contiguous()
-              for x in (B, C))
+    Bt, Ct = (x.float().transpose(1, 2) for x in (B, C))
+    Bt, Ct = (x.flip(1).contiguous() if reverse else x.contiguous() for x in (Bt, Ct))
     A, D, delta_bias, state = small
     out, last_state = kernel(u, delta, A, Bt, Ct, D, z, delta_bias, bool(delta_softplus), state,
                              reverse=bool(reverse) and not flip)

@@ -6,6 +6,7 @@
 // - vec16 / ivec16: 16 floats / int32s as GCC/Clang vector extensions; with -march=native they become
 //   one AVX-512 register (or a pair of AVX2 ones), and the code reads like scalar arithmetic.
 // - load16 / store16 / splat16: unaligned loads and stores (memcpy, which compiles to one vmovups).
+// - reverse16: the lanes in reverse order (the selective scan's reverse scan).
 // - to_float / from_float: a row of float32 or bfloat16 values to float32 and back.
 // - prefetch_l2: one cache line into L2 (the WKV kernels' next token block, the selective scan's next
 //   segment).
