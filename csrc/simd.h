@@ -7,6 +7,7 @@
 //   one AVX-512 register (or a pair of AVX2 ones), and the code reads like scalar arithmetic.
 // - load16 / store16 / splat16: unaligned loads and stores (memcpy, which compiles to one vmovups).
 // - reverse16: the lanes in reverse order (the selective scan's reverse scan).
+// - recip16 / any_below16: 1 / x, and whether a lane is below a bound (WKV-7's state scale).
 // - to_float / from_float: a row of float32 or bfloat16 values to float32 and back.
 // - prefetch_l2: one cache line into L2 (the WKV kernels' next token block, the selective scan's next
 //   segment).
@@ -114,6 +115,29 @@ inline void prefetch_l2(const void* p) {
   asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
 #else
   __builtin_prefetch(p, 0, 2);
+#endif
+}
+
+// 1 / x on 16 lanes: with AVX-512 an approximate reciprocal (2^-14) and one Newton step, within an ulp
+// or two of the division and several times cheaper than vdivps (the WKV-7 state scale, once per token).
+inline vec16 recip16(vec16 x) {
+#if defined(__AVX512F__)
+  const __m512 r = _mm512_rcp14_ps(reinterpret_cast<const __m512&>(x));
+  const vec16 y = reinterpret_cast<const vec16&>(r);
+  return y + y * (1.0f - x * y);
+#else
+  return 1.0f / x;
+#endif
+}
+
+// Whether any lane of x is below lo, or NaN (one compare to a mask with AVX-512).
+inline bool any_below16(vec16 x, float lo) {
+#if defined(__AVX512F__)
+  return _mm512_cmp_ps_mask(reinterpret_cast<const __m512&>(x), _mm512_set1_ps(lo), _CMP_NGE_UQ) != 0;
+#else
+  bool any = false;
+  for (int l = 0; l < 16; ++l) any |= !(x[l] >= lo);
+  return any;
 #endif
 }
 

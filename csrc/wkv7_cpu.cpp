@@ -12,6 +12,8 @@
 // - Inside a head the state is kept transposed, St[j][i], so that every operation runs along i with
 //   j as a broadcast scalar: sa and y become vector accumulations (no horizontal sums) and each
 //   key column j is one contiguous row of N floats = N/16 AVX-512 registers.
+// - The state is kept at a per-column scale that absorbs the decays (below), which saves one vector
+//   multiply in five in the state update.
 // - GCC/Clang vector extensions (vec16 = 16 floats) keep the code readable; with -march=native they
 //   become AVX-512 (or pairs of AVX2) instructions, and -ffp-contract=fast fuses the multiply-adds.
 // - Common head sizes (16, 32, 64, 128) are compiled with N known at compile time, so the i loop is
@@ -27,6 +29,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "simd.h"        // vec16, load16/store16, to_float/from_float, wkv_decay16
@@ -46,19 +49,36 @@ struct Problem {
   bool reverse;                       // scan from the last token to the first (step t = token T - 1 - t)
 };
 
+// The state is held at a per-column scale (why: four vector FP operations per 16 state elements and step
+// instead of five).  S = S' * D column-wise, where D_t = decay_s * ... * decay_t is the product of the
+// decays since the last "fold" (step s).  Then the decay multiply drops out of the update:
+//     S'_t = S'_{t-1} + sa_t (b_t / D_t) + v_t (k_t / D_t),   y_t = S'_t (r_t * D_t),
+//     sa_{t+1} = S'_t (a_{t+1} * D_t)
+// and the scaled rows r D, k / D, b / D, a D cost O(N) per step, not O(N^2).  A folding step is the
+// plain update, with multiplier D_{t-1} * decay_t, after which D = 1.  The scan's last step folds, so
+// the state it returns is unscaled, and so does every step at which a lane of D would fall below
+// kMinScale, so that S' = S / D stays within 2^24 of S.  RWKV-7's decays are > 0.54, so that is a fold
+// every 28 steps or more; arbitrary w only folds more often, at worst every step.  The rounding is that
+// of the plain update: D_t / D_{t-1} is the decay with one rounding, and S' is S rescaled column by
+// column, which floating point does not see (error against a float64 recurrence: 1.9e-7 rms, as before).
+// Chunks scanned one after another fold at each chunk's end, so they equal one pass to rounding, not to
+// the bit.
+constexpr float kMinScale = 1.0f / (1 << 24);
+
 // Heads h0 .. h1 - 1 of batch row bi, with N = 16 * NV known at compile time.
 //
-// One pass over the state per step: it updates S, accumulates y_t = S_t r_t and, with the next token's
-// a, already sa_{t+1} = S_t a_{t+1} (a separate sa pass is a chain of dependent FMAs that leaves the FMA
-// units idle).  Five vector FP operations per 16 state elements and step, one load and one store.
-// Tokens come in blocks for the whole head group, the next one copied during each step (BlockStream in
-// wkv_common.h).
+// One pass over the state per step: it updates S', accumulates y_t and, with the next token's a, already
+// sa_{t+1} (a separate sa pass is a chain of dependent FMAs that leaves the FMA units idle).  Four vector
+// FP operations per 16 state elements and step (five on folding steps), one load and one store.  Tokens
+// come in blocks for the whole head group, the next one copied during each step (BlockStream in
+// wkv_common.h).  The step's scaled rows go to a small buffer; scaling the block's rows in place, or all
+// of a block's at its start, was no faster.
 template <typename scalar_t, int NV>
 void wkv7_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
   constexpr int N = 16 * NV;
   const int64_t nh = h1 - h0, T = p.T, H = p.H;
   // States of the group: St[h][j * NV + iv] holds S[16 iv .. 16 iv + 15][j] of head h0 + h.
-  std::vector<vec16> states(nh * N * NV), sa_all(nh * NV, splat16(0.0f));
+  std::vector<vec16> states(nh * N * NV), sa_all(nh * NV, splat16(0.0f)), scales(nh * NV, splat16(1.0f));
   load_group_states<NV>(p.state_in, H, bi, h0, nh, states.data());
 
   enum { R, W, K, V, A, Bv };
@@ -73,6 +93,7 @@ void wkv7_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
     for (int64_t h = 0; h < nh; ++h) {
       vec16* St = &states[h * N * NV];
       vec16* sa = &sa_all[h * NV];  // S a for the coming step
+      vec16* D = &scales[h * NV];  // the state's scale, D_{t-1} at step t
       const int64_t o = h * kBlock * N;
       float *rh = blocks.rows(t0, R) + o, *dh = blocks.rows(t0, W) + o, *kh = blocks.rows(t0, K) + o,
             *vh = blocks.rows(t0, V) + o, *ah = blocks.rows(t0, A) + o, *bh = blocks.rows(t0, Bv) + o,
@@ -81,29 +102,60 @@ void wkv7_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
       // no later than this head's last step), or at the very end the last row again (its sa is unused)
       const float* a_after = t0 + n < T ? blocks.rows(t0 + kBlock, A) + o : ah + (n - 1) * N;
       for (int64_t i = 0; i < n * NV; ++i) store16(dh + 16 * i, wkv_decay16(load16(dh + 16 * i)));
-      if (t0 == 0)
+      if (t0 == 0)  // the state is unscaled here, and so is a's first row
         for (int j = 0; j < N; ++j)
           for (int iv = 0; iv < NV; ++iv) sa[iv] += St[j * NV + iv] * ah[j];
 
       for (int64_t t = 0; t < n; ++t) {
         const auto next = blocks.step(t0, h * n + t);  // copies a row of the next block
-        const float *rt = rh + t * N, *dt = dh + t * N, *kt = kh + t * N, *bt = bh + t * N;
+        const float *rt = rh + t * N, *kt = kh + t * N, *bt = bh + t * N;
         const float* an = t + 1 < n ? ah + (t + 1) * N : a_after;  // the next step's a
+        // the scale: D_t = D_{t-1} * decay_t, unless the step folds (see above)
+        vec16 Dn[NV], mult[NV], scaled[4 * NV];  // scaled: r D, k / D, b / D, a_{t+1} D
+        bool low = false;
+        for (int iv = 0; iv < NV; ++iv) {
+          Dn[iv] = D[iv] * load16(dh + t * N + 16 * iv);
+          low |= any_below16(Dn[iv], kMinScale);
+        }
+        const bool fold = low || t0 + t == T - 1;
+        if (fold) {
+          for (int iv = 0; iv < NV; ++iv) mult[iv] = Dn[iv], D[iv] = splat16(1.0f);
+        } else {
+          for (int iv = 0; iv < NV; ++iv) {
+            const vec16 inv = recip16(Dn[iv]);
+            scaled[iv] = load16(rt + 16 * iv) * Dn[iv];
+            scaled[NV + iv] = load16(kt + 16 * iv) * inv;
+            scaled[2 * NV + iv] = load16(bt + 16 * iv) * inv;
+            scaled[3 * NV + iv] = load16(an + 16 * iv) * Dn[iv];
+            D[iv] = Dn[iv];
+          }
+          const float* sc = reinterpret_cast<const float*>(scaled);
+          rt = sc, kt = sc + N, bt = sc + 2 * N, an = sc + 3 * N;
+        }
+        const float* dt = reinterpret_cast<const float*>(mult);
         // sa and the row values in locals: GCC cannot always prove that the state stores leave them
         // alone, and then reloads sa and re-broadcasts each row value for every 16 state rows (20 loads
         // per key column instead of 5: 0.8-0.9x)
         vec16 vv[NV], sa_t[NV], acc[NV] = {}, sa_next[NV] = {};
         for (int iv = 0; iv < NV; ++iv) vv[iv] = load16(vh + t * N + 16 * iv), sa_t[iv] = sa[iv];
-        for (int j = 0; j < N; ++j) {
-          next.at(j);
-          const float dj = dt[j], bj = bt[j], kj = kt[j], rj = rt[j], aj = an[j];
-          for (int iv = 0; iv < NV; ++iv) {
-            const vec16 s = St[j * NV + iv] * dj + sa_t[iv] * bj + vv[iv] * kj;
-            St[j * NV + iv] = s;
-            acc[iv] += s * rj;
-            sa_next[iv] += s * aj;
+        auto update = [&](auto folds) {
+          for (int j = 0; j < N; ++j) {
+            next.at(j);
+            const float bj = bt[j], kj = kt[j], rj = rt[j], aj = an[j];
+            for (int iv = 0; iv < NV; ++iv) {
+              vec16 s = St[j * NV + iv];
+              if constexpr (decltype(folds)::value) s = s * dt[j];
+              s = s + sa_t[iv] * bj + vv[iv] * kj;  // (s + sa b) + v k: two fused multiply-adds
+              St[j * NV + iv] = s;
+              acc[iv] += s * rj;
+              sa_next[iv] += s * aj;
+            }
           }
-        }
+        };
+        if (fold)
+          update(std::true_type{});
+        else
+          update(std::false_type{});
         for (int iv = 0; iv < NV; ++iv) {
           store16(yh + t * N + 16 * iv, acc[iv]);
           sa[iv] = sa_next[iv];
