@@ -8,7 +8,9 @@ with optional keys
     "scaling_T": int    the case belongs to the op's T-scaling line (cost per token against T).
 Operators whose file defines no `bench_cases` yet are skipped with a note.
 
-Printed per case: compiled ms, reference ms, speed-up (also as a ratio of 1-thread CPU times), tokens/s, GFLOP/s and the fraction of this CPU's
+Printed per case: compiled ms, reference ms, speed-up (the median of three alternating rounds, each the
+reference call's time over the compiled calls' median just before it; also as a ratio of 1-thread CPU
+times), tokens/s, GFLOP/s and the fraction of this CPU's
 float32 peak, the compiled time on 1 thread against N threads, and GFLOP/s per core measured in process
 CPU time on 1 thread (what the kernel does with a core, even while other jobs share the machine).  The peak is an estimate:
 cores x clock (from /proc/cpuinfo, "cpu MHz", i.e. no turbo) x SIMD lanes (16 with avx512f, 8 with
@@ -125,6 +127,27 @@ def _time_once(fn) -> float:
     return time.perf_counter() - t0
 
 
+REFERENCE_ROUNDS = 3
+
+
+def _side_by_side(compiled_fn, reference_fn, min_time: float, rounds: int = REFERENCE_ROUNDS):
+    """Alternating rounds of (the compiled op's median over min_time of calls, one reference call).
+
+    Returns the compiled and reference seconds per call (medians over the rounds) and each round's ratio.
+    The speed-up is the median of the rounds' ratios: both sides of a ratio see the same machine, while a
+    shared VM's speed drifts by ±30 % from one minute to the next (timing all compiled calls first and the
+    reference later let the drift into the ratio).
+    """
+    compiled_fn()
+    reference_fn()  # warm-up: the first call of the reference loop pays for allocations
+    compiled, reference = [], []
+    for _ in range(rounds):
+        compiled.append(_time_call(compiled_fn, min_time)[0])
+        reference.append(_time_once(reference_fn))
+    ratios = [r / c for r, c in zip(reference, compiled)]
+    return statistics.median(compiled), statistics.median(reference), ratios
+
+
 def bench_op(op: str, long: bool, dtype, threads: int, min_time: float, info: dict, log) -> dict:
     import torch
 
@@ -143,22 +166,24 @@ def bench_op(op: str, long: bool, dtype, threads: int, min_time: float, info: di
         kwargs = case["make_inputs"](dtype)
         log(f"  {op} {case['name']} {case['shape']} ...")
         torch.set_num_threads(threads)
-        compiled, _ = _time_call(lambda: fn(**kwargs, backend="compiled"), min_time)
+        run_compiled = lambda: fn(**kwargs, backend="compiled")
+        reference = reference_cpu = ratios = None
+        if case.get("reference", True):
+            compiled, reference, ratios = _side_by_side(
+                run_compiled, lambda: fn(**kwargs, backend="reference"), min_time)
+        else:
+            compiled, _ = _time_call(run_compiled, min_time)
         # One thread: its process CPU time measures the kernel's own speed even when other jobs share
         # the cores (with more threads, idle OpenMP workers spinning would inflate the CPU time).
         torch.set_num_threads(1)
-        one_thread, one_thread_cpu = _time_call(lambda: fn(**kwargs, backend="compiled"), min_time)
-        torch.set_num_threads(threads)
-        reference = reference_cpu = None
-        if case.get("reference", True):
-            # the reference loop is slow: best of two single calls, then one call on 1 thread whose
-            # process CPU time compares with the compiled 1-thread CPU time (robust to other jobs)
-            reference = min(_time_once(lambda: fn(**kwargs, backend="reference")) for _ in range(2))
-            torch.set_num_threads(1)
+        one_thread, one_thread_cpu = _time_call(run_compiled, min_time)
+        if reference is not None:
+            # one reference call on 1 thread, whose process CPU time compares with the compiled 1-thread
+            # CPU time (robust to other jobs)
             c0 = time.process_time()
             fn(**kwargs, backend="reference")
             reference_cpu = time.process_time() - c0
-            torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
         gflops = case["flops"] / compiled / 1e9
         rows.append({
             "name": case["name"],
@@ -166,7 +191,8 @@ def bench_op(op: str, long: bool, dtype, threads: int, min_time: float, info: di
             "scaling_T": case.get("scaling_T"),
             "compiled_ms": compiled * 1e3,
             "reference_ms": None if reference is None else reference * 1e3,
-            "speedup": None if reference is None else reference / compiled,
+            "speedup": None if ratios is None else statistics.median(ratios),
+            "speedup_rounds": ratios,
             "speedup_1thread_cpu": (None if reference_cpu is None or one_thread_cpu <= 0
                                     else reference_cpu / one_thread_cpu),
             "tokens_per_s": case["tokens"] / compiled,
@@ -268,7 +294,8 @@ def print_table(results: list[dict], info: dict, threads: int, dtype_name: str) 
     print(f"fp32 peak estimate: {info['fp32_peak_gflops_per_core']:.0f} GFLOP/s per core "
           f"({info['peak_assumption']}; clock from {info['clock_source']})")
     _print_rows(results, COLUMNS)
-    print("speed-up = reference ms / compiled ms; cpu s-up = the same ratio in 1-thread process CPU time "
+    print(f"speed-up = reference ms / compiled ms, the median of {REFERENCE_ROUNDS} alternating rounds (each ratio "
+          "timed side by side); cpu s-up = the same ratio in 1-thread process CPU time "
           "(what a quiet machine would show on 1 thread);\n% peak: GFLOP/s over the peak of the threads used; "
           "thr x = 1-thread ms / compiled ms;\ncore GF/s = FLOP per 1-thread process-CPU second (robust to other "
           "jobs on the machine). Compare ratios from one run, not absolute times across runs.")

@@ -4,6 +4,7 @@ import importlib
 import json
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import warnings
@@ -209,6 +210,9 @@ def test_bench_kernels_command(monkeypatch, capsys):
     doc = json.loads(capsys.readouterr().out)
     row = doc["results"][0]["cases"][0]
     assert row["speedup"] > 0 and row["gflops"] > 0 and 0 < row["fraction_of_peak"]
+    # the speed-up is the median of the alternating rounds' ratios, each timed side by side
+    assert len(row["speedup_rounds"]) == bench.REFERENCE_ROUNDS
+    assert row["speedup"] == statistics.median(row["speedup_rounds"])
     assert doc["cpu"]["fp32_peak_gflops_per_core"] > 0
 
 
