@@ -95,14 +95,17 @@ def test_chunked_with_carried_state_equals_one_pass(dtype):
 def test_scaled_state_folds_match_the_reference(decay):
     """The kernel keeps the state at a per-column scale, the product of the decays since its last fold,
     and folds when a lane of that product would fall below 2^-24.  Decays of 0.5 fold every 25 steps,
-    decays of 1e-30 (far below anything A-RWKV makes) at every step, and a mix of decays near 1 and near
-    0 in other columns folds for a few columns' sake while the rest carry their scale: all equal the
-    reference (without the folds the scale underflows and the output is NaN)."""
+    decays of 1e-30 (far below anything A-RWKV makes) at every step, and decays near 1 with a rare one
+    near 0 fold at a fifth of the steps, for one column's sake, while between folds every column carries
+    its scale: all equal the reference (without the folds the scale underflows and the output is NaN)."""
     B, T, H, N = 2, 70, 2, 64
     x = _inputs(B, T, H, N, seed=12)
     if decay == "mixed":
         g = torch.Generator().manual_seed(13)
-        w = torch.where(torch.rand(B, T, H, N, generator=g) < 0.1, torch.full_like(x[1], 3.0), x[1] - 6.0)
+        tiny = torch.rand(B, T, H, N, generator=g) < 0.003  # decay exp(-e^4.2) = 1e-29
+        w = torch.where(tiny, torch.full_like(x[1], 4.2), x[1] - 6.0)  # else decays of 0.998 and more
+        folding_steps = tiny.any(-1).float().mean().item()
+        assert 0.05 < folding_steps < 0.5
     else:
         w = torch.full_like(x[1], math.log(-math.log(decay)))  # exp(-exp(w)) = decay
         assert torch.allclose(torch.exp(-torch.exp(w)), torch.tensor(decay), rtol=1e-5)
@@ -117,8 +120,11 @@ def test_scaled_state_folds_match_the_reference(decay):
             torch.set_num_threads(threads)
         y_ref, s_ref = csrc.wkv7(*x, state=s0, return_state=True, backend="reference")
         assert torch.isfinite(y).all() and torch.isfinite(s).all()
-        torch.testing.assert_close(y, y_ref, **TOL[torch.float32])
-        torch.testing.assert_close(s, s_ref, **WKV_STATE_TOL)
+        # within 1e-4 of the largest value, as for long sequences: decays near 1 let the state grow to
+        # ~100, and the vector exp's 1e-7 error in them then gives ~1e-4 absolute (the kernels before the
+        # scaled state: the same 4e-6 of max|y| against a float64 recurrence)
+        assert (y - y_ref).abs().max() <= 1e-4 * y_ref.abs().max()
+        assert (s - s_ref).abs().max() <= 1e-4 * s_ref.abs().max()
 
 
 def test_bidirectional_use_on_flipped_and_strided_inputs():
