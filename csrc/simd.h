@@ -13,7 +13,8 @@
 //   segment).
 // - Two exps, on purpose with different trade-offs (each kernel's accuracy tests rely on its own):
 //     exp2_vec(x)         16 lanes, 2^x, degree-5 minimax (< 2e-7 relative): the selective scan's decays,
-//                         softplus and silu, and wkv_decay16(w) = exp(-exp(w)), the WKV decays.
+//                         softplus and silu, and the inner exp of wkv_decay16(w) = exp(-exp(w)), the WKV
+//                         decays, whose outer exp is exp2_nearest16 (about an ulp near 2^0 = 1).
 //     exp_fast(x)         one float, branch-free so loops calling it vectorise (relative error < 1e-7);
 //                         x is clamped, so -inf gives ~1e-38, not 0.
 //     exp_fast_or_zero(x) exp_fast, but exactly 0 for x = -inf (the mLSTM causal mask relies on it).
@@ -144,10 +145,30 @@ inline bool any_below16(vec16 x, float lo) {
 // e^x on 16 lanes as 2^(x log2 e) (the selective scan's softplus and silu, the WKV decays).
 inline vec16 exp_vec(vec16 x) { return exp2_vec(x * 1.44269504088896341f); }
 
-// The WKV decay exp(-exp(w)) from the log-log decay w: two exp_vec (about 20 operations for 16 lanes).
-// Relative error at most 3.4e-7 for w <= 0.5 (A-RWKV's and RWKV-6's decays have w < 0); decays below
-// ~1e-38 come out as ~1e-38.
-inline vec16 wkv_decay16(vec16 w) { return exp_vec(-exp_vec(w)); }
+// 2^x with the reduction to the nearest integer, x = n + f, |f| <= 1/2 (one operation more than
+// exp2_vec with AVX-512, whose f = x - floor(x) is 1 + x for small negative x, which rounds away x's low
+// bits): for x near 0, 2^x is then within about an ulp of 1 - |x| ln 2 instead of 3.  Without AVX-512,
+// exp2_vec reduces to the nearest integer already.
+inline vec16 exp2_nearest16(vec16 x) {
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+  const __m512 v = _mm512_max_ps(_mm512_set1_ps(-126.0f), reinterpret_cast<const __m512&>(x));
+  const __m512 n = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(v, n);
+  const vec16 p = exp2_poly(reinterpret_cast<const vec16&>(f));
+  const __m512 r = _mm512_scalef_ps(reinterpret_cast<const __m512&>(p), n);
+  return reinterpret_cast<const vec16&>(r);
+#else
+  return exp2_vec(x);
+#endif
+}
+
+// The WKV decay exp(-exp(w)) from the log-log decay w (about 20 operations for 16 lanes).  Relative
+// error at most 3.4e-7 for w <= 0.5 (A-RWKV's and RWKV-6's decays have w < 0); decays below ~1e-38 come
+// out as ~1e-38.  The outer exp reduces to the nearest integer: decays near 1 (long memory) are then
+// within about an ulp, where a floor reduction was 2-3 ulp off, and that error adds up over the ~1 /
+// (1 - decay) steps a channel remembers (4e-6 of max|y| against a float64 recurrence in
+// tests/test_wkv7.py's mixed-decay case, ten times the float32 reference's).
+inline vec16 wkv_decay16(vec16 w) { return exp2_nearest16(exp_vec(w) * -1.44269504088896341f); }
 
 // e^x, branch-free so that loops calling it vectorise; relative error < 1e-7 over the whole range.
 // Cody-Waite reduction x = n ln2 + r (ln2 split in two so r stays exact), e^r by its Taylor series to
