@@ -79,7 +79,7 @@ inline int64_t token(int64_t t, int64_t T, bool reverse) { return reverse ? T - 
 // [head][row][N] with `rows` rows per head.
 template <typename scalar_t>
 inline void gather_heads(const void* x, int64_t T, int64_t H, int64_t N, int64_t bi, int64_t h0, int64_t nh,
-                         int64_t t0, int64_t n, float* dst, int64_t rows, bool reverse = false) {
+                         int64_t t0, int64_t n, float* dst, int64_t rows, bool reverse) {
   for (int64_t t = 0; t < n; ++t) {
     const scalar_t* src = static_cast<const scalar_t*>(x) + ((bi * T + token(t0 + t, T, reverse)) * H + h0) * N;
     for (int64_t h = 0; h < nh; ++h) to_float(src + h * N, dst + (h * rows + t) * N, static_cast<int>(N));
