@@ -11,6 +11,21 @@ APT_STAMP := $(VENV)/.hearscan-apt
 # music synthesisers the mini task suite renders with (its recordings come from `apt-get download`).
 APT_PACKAGES := g++ ninja-build libsndfile1 espeak-ng flite fluidsynth
 
+# torch 2.11's wheel from PyPI is a CUDA build: 4.6 GB installed with its NVIDIA libraries, 6.5 GB at the
+# install's peak, ≈ 7.3 GB for the whole set-up (pip's cache adds ≈ 3.5 GB unless PIP_NO_CACHE_DIR=1).
+# Check the space before torch goes in, so a full disk is a clear error rather than pip's OSError halfway.
+MIN_FREE_GB ?= 7.5
+define DISK_CHECK
+import shutil, sys
+path, need = sys.argv[1], float(sys.argv[2])
+free = shutil.disk_usage(path).free / 1e9
+if free < need:
+    sys.exit(f"error: make setup needs about {need:g} GB free where {path}/ lives (torch's CUDA wheel and its "
+             f"NVIDIA libraries), but only {free:.1f} GB is free. Free some space (or point TMPDIR and the "
+             f"checkout at a larger disk; PIP_NO_CACHE_DIR=1 saves pip's 3.5 GB cache), then run make setup again.")
+endef
+export DISK_CHECK
+
 .PHONY: setup demo test test-fast bench clean-venv
 
 setup: $(STAMP)
@@ -29,6 +44,7 @@ $(APT_STAMP):
 $(STAMP): pyproject.toml Makefile | $(APT_STAMP)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=24"
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -c "$$DISK_CHECK" $(VENV) $(MIN_FREE_GB)
 	$(PIP) install -q torch==2.11.0 torchaudio==2.11.0
 	# heareval / hearbaseline / hearvalidator pin numpy 1.19 and tensorflow, which cannot install on
 	# Python 3.11: install them without their pins; what they really import is in pyproject.toml.
