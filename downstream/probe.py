@@ -114,14 +114,16 @@ def _write_seed_dir(final: Path, files: dict[str, object]) -> None:
 
 def aggregate_folds(results: dict[str, dict[str, float]]) -> dict[str, float]:
     """Mean and standard deviation (pandas, ddof=1) of every key over folds: heareval's
-    `aggregate_test_results`."""
+    `aggregate_test_results`.  A fold with a perfect AUC has d' = inf, so the mean is inf and the
+    standard deviation NaN, as in heareval; numpy's "invalid value" warning on the way is silenced."""
     import pandas as pd
 
     df = pd.DataFrame.from_dict(results, orient="index")
     out = {}
-    for key in df:
-        out[f"{key}_mean"] = float(df[key].mean())
-        out[f"{key}_std"] = float(df[key].std())
+    with np.errstate(invalid="ignore"):
+        for key in df:
+            out[f"{key}_mean"] = float(df[key].mean())
+            out[f"{key}_std"] = float(df[key].std())
     return out
 
 

@@ -120,6 +120,27 @@ def test_probe_folds_multilabel_and_aggregation(emb_root, tmp_path):
     assert test["test_score"] > 0.5 and test["test_segment_1s_er"] < 0.8
 
 
+def test_aggregation_of_an_infinite_d_prime_equals_heareval_without_warnings():
+    """A perfect AUC in one fold gives d' = inf: mean inf, std NaN (as heareval), and no RuntimeWarning."""
+    import warnings
+
+    from heareval.predictions.task_predictions import aggregate_test_results
+
+    folds = {"fold00": {"test_mAP": 1.0, "test_d_prime": float("inf")},
+             "fold01": {"test_mAP": 0.9, "test_d_prime": 2.5}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = aggregate_test_results(folds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = probe.aggregate_folds(folds)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert np.isnan(got[key]) if np.isnan(value) else got[key] == pytest.approx(value, rel=1e-12)
+    assert got["test_d_prime_mean"] == float("inf") and np.isnan(got["test_d_prime_std"])
+    assert got["test_mAP_std"] == pytest.approx(np.std([1.0, 0.9], ddof=1))
+
+
 def _strip_times(obj):
     if isinstance(obj, dict):
         return {k: _strip_times(v) for k, v in obj.items() if k not in ("time_in_min", "fold_wall_s")
