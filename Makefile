@@ -12,7 +12,8 @@ APT_STAMP := $(VENV)/.hearscan-apt
 APT_PACKAGES := g++ ninja-build libsndfile1 espeak-ng flite fluidsynth
 
 # torch 2.11's wheel from PyPI is a CUDA build: 4.6 GB installed with its NVIDIA libraries, 6.5 GB at the
-# install's peak, ≈ 7.3 GB for the whole set-up (pip's cache adds ≈ 3.5 GB unless PIP_NO_CACHE_DIR=1).
+# install's peak (measured), so ≈ 7.3 GB for the whole set-up, whose other packages take 0.8 GB (pip's cache
+# adds ≈ 3.5 GB unless PIP_NO_CACHE_DIR=1).
 # Check the space before torch goes in, so a full disk is a clear error rather than pip's OSError halfway.
 MIN_FREE_GB ?= 7.5
 define DISK_CHECK
