@@ -31,8 +31,9 @@ def test_demo_runs_the_chain_and_resumes(tmp_path):
     for stage in ("1/4", "2/4", "3/4", "4/4"):
         assert f"== {stage}" in log
     assert "demo finished" in log
-    # nothing alarming on the way (a perfect AUC's d' = inf once printed numpy's RuntimeWarning here)
-    assert "Warning" not in log, log[-3000:]
+    # no numeric warnings on the way (a perfect AUC's d' = inf once printed numpy's RuntimeWarning here;
+    # other libraries' deprecation notices are not this project's to fail on)
+    assert "RuntimeWarning" not in log, log[-3000:]
 
     results = out / "results"
     for name in ("summary.md", "summary.csv", "summary.json", "scores_per_seed.csv", "plot-linear.png"):
