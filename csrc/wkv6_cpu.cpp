@@ -90,7 +90,7 @@ void wkv6_heads_fixed(const Problem& p, int64_t bi, int64_t h0, int64_t h1) {
         for (int iv = 0; iv < NV; ++iv) store16(yh + t * N + 16 * iv, acc[iv]);
       }
     }
-    scatter_heads<scalar_t>(y, T, H, N, bi, h0, nh, t0, n, kBlock, p.y);
+    scatter_heads<scalar_t>(y, T, H, N, bi, h0, nh, t0, n, kBlock, p.y, false);
   }
 
   if (p.state_out) store_group_states<NV>(states.data(), H, bi, h0, nh, p.state_out);

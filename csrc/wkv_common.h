@@ -177,7 +177,7 @@ class BlockStream {
 // The inverse: src [head][row][N] (rows per head) -> steps t0 .. t0 + n - 1 of heads h0 .. of y.
 template <typename scalar_t>
 inline void scatter_heads(const float* src, int64_t T, int64_t H, int64_t N, int64_t bi, int64_t h0, int64_t nh,
-                          int64_t t0, int64_t n, int64_t rows, void* y, bool reverse = false) {
+                          int64_t t0, int64_t n, int64_t rows, void* y, bool reverse) {
   for (int64_t t = 0; t < n; ++t) {
     scalar_t* dst = static_cast<scalar_t*>(y) + ((bi * T + token(t0 + t, T, reverse)) * H + h0) * N;
     for (int64_t h = 0; h < nh; ++h) from_float(src + (h * rows + t) * N, dst + h * N, static_cast<int>(N));
