@@ -4,6 +4,8 @@ Only plumbing lives here; every tolerance is passed in by (or named for) the tes
 test keeps its own shapes and inputs.
 """
 
+import contextlib
+
 import pytest
 import torch
 
@@ -50,20 +52,27 @@ def assert_wkv_compiled_equals_reference(op, x, shape, dtype):
     torch.testing.assert_close(s, s_ref, **WKV_STATE_TOL)
 
 
+@contextlib.contextmanager
+def restoring_threads():
+    """Torch's thread count as it was, after a block that sweeps thread counts (even when it fails)."""
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def assert_wkv_head_groups_equal_reference(op, make_inputs):
     """The compiled WKV kernels split heads into groups per thread (run_head_groups in wkv_common.h): odd
     head counts, one batch row and several thread counts give groups of uneven size, all equal to the
     reference (H = 0 included).  T = 19 and 40 cross token blocks (BlockStream copies each block, in
     memory order across the group's heads, during the one before; 40 = two full blocks and a partial
     one).  make_inputs(B, T, H, N) -> the op's positional inputs."""
-    threads = torch.get_num_threads()
-    try:
+    with restoring_threads():
         for n_threads in (1, 2, 3):
             torch.set_num_threads(n_threads)
             for shape in ((1, 19, 5, 64), (3, 40, 7, 64), (3, 7, 7, 32), (2, 5, 1, 16), (2, 5, 0, 64)):
                 assert_wkv_compiled_equals_reference(op, make_inputs(*shape), shape, torch.float32)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def assert_wkv_long_sequence(op, x):

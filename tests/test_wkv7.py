@@ -21,6 +21,7 @@ from _kernel_helpers import (
     assert_wkv_compiled_equals_reference,
     assert_wkv_head_groups_equal_reference,
     assert_wkv_long_sequence,
+    restoring_threads,
     run_in_chunks,
 )
 from csrc import _build
@@ -113,8 +114,7 @@ def test_scaled_state_folds_match_the_reference(decay):
     x[1] = w
     s0 = torch.randn(B, H, N, N, generator=torch.Generator().manual_seed(14)) * 0.1
     y_ref, s_ref = csrc.wkv7(*x, state=s0, return_state=True, backend="reference")
-    threads = torch.get_num_threads()
-    try:
+    with restoring_threads():
         for n_threads in (1, 2):
             torch.set_num_threads(n_threads)
             y, s = csrc.wkv7(*x, state=s0, return_state=True, backend="compiled")
@@ -124,8 +124,6 @@ def test_scaled_state_folds_match_the_reference(decay):
             # exp, 2-3 ulp off, were 4e-6 off (wkv_decay16 in csrc/simd.h)
             assert (y - y_ref).abs().max() <= 2e-6 * y_ref.abs().max()
             assert (s - s_ref).abs().max() <= 2e-6 * s_ref.abs().max()
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_bidirectional_use_on_flipped_and_strided_inputs():
@@ -152,8 +150,7 @@ def test_reverse_is_the_scan_of_the_flipped_sequence(dtype):
     """reverse=True (A-RWKV's backward direction without flipped copies) reads the tokens last to first:
     bit for bit the forward kernel on flipped inputs, flipped back, and the reference's reverse, for the
     fixed head sizes and the generic one (48), token blocks crossed, uneven head groups, 1-3 threads."""
-    threads = torch.get_num_threads()
-    try:
+    with restoring_threads():
         for n_threads in (1, 2, 3):
             torch.set_num_threads(n_threads)
             for B, T, H, N in ((2, 1, 3, 64), (1, 40, 5, 64), (3, 19, 2, 32), (2, 21, 2, 48)):
@@ -167,8 +164,6 @@ def test_reverse_is_the_scan_of_the_flipped_sequence(dtype):
                 y_ref, s_ref = csrc.wkv7(*x, state=s0, return_state=True, backend="reference", reverse=True)
                 torch.testing.assert_close(y, y_ref, **TOL[dtype])
                 torch.testing.assert_close(s, s_ref, **WKV_STATE_TOL)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_reverse_by_flipped_copies_for_kernels_without_it(monkeypatch):
