@@ -158,7 +158,10 @@ def ss_inputs(batch, dim, dstate, length, dtype, full=True):
 
 SS_SHAPES = [  # (batch, channels, d_state, length)
     (1, 1, 16, 1),
-    (1, 2, 16, 1100),   # three chunks of 512 steps, the last one partial
+    (1, 2, 16, 5000),   # three chunks of 2048 steps, the last one partial
+    (1, 2, 16, 1100),   # one chunk of 2048 steps, mostly past the end
+    (2, 3, 16, 700),    # two warps of 16 steps (the block's shapes change at 128, 256, 512 and 1024 steps)
+    (2, 3, 16, 200),
     (2, 5, 16, 37),
     (2, 7, 8, 100),
     (1, 3, 24, 65),     # d_state padded to 32 lanes
@@ -211,6 +214,16 @@ def test_selective_scan_cuda_fo_bi_on_flipped_views():
     # reverse=True (flipped copies on CUDA) equals the backward direction in step order
     got_rev = csrc.selective_scan(**cuda(kw), backend="compiled", reverse=True)
     scaled_close(got_rev, want.flip(-1), rtol=1e-4, atol=1e-4)
+
+
+def test_selective_scan_cuda_mixed_dtypes():
+    """bfloat16 u, delta and z with float32 B and C: the kernel reads all of them in one dtype (float32 here)."""
+    kw = ss_inputs(2, 8, 16, 300, torch.bfloat16)
+    kw["B"], kw["C"] = kw["B"].float() * 1.001, kw["C"].float() * 1.001  # not representable in bfloat16
+    want = csrc.selective_scan(**kw, backend="reference")
+    got = csrc.selective_scan(**cuda(kw), backend="compiled")
+    assert got.dtype == torch.bfloat16
+    scaled_close(got, want, rtol=1e-2, atol=1e-2)
 
 
 def test_selective_scan_cuda_zero_length_and_large_d_state():
