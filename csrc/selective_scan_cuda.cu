@@ -237,6 +237,8 @@ std::vector<torch::Tensor> forward(torch::Tensor u, torch::Tensor delta, torch::
   TORCH_CHECK(A.dim() == 2 && A.size(0) == dim && A.scalar_type() == at::kFloat,
               "selective_scan CUDA kernel: A must be float32 (D, N)");
   TORCH_CHECK(dstate <= kMaxState, "selective_scan CUDA kernel: d_state=", dstate, " is above ", kMaxState);
+  TORCH_CHECK(batch <= 65535, "selective_scan CUDA kernel: batch=", batch,
+              " is above 65535 (a grid dimension); call it on smaller batches");
   for (const auto& t : {B, C})
     TORCH_CHECK(t.dim() == 3 && t.size(0) == batch && t.size(1) == dstate && t.size(2) == length &&
                     t.scalar_type() == u.scalar_type(),
