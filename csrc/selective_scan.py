@@ -90,19 +90,19 @@ def selective_scan(
     # The CPU kernel takes B and C as float32, transposed to (B, L, N) so that one time step's d_state
     # values are contiguous; the CUDA kernel takes them as they come, (B, N, L) (one state's steps
     # contiguous), in the dtype of u.
+    on_cuda = u.device.type == "cuda"
     io_dtype = u.dtype if u.dtype in KERNEL_DTYPES else torch.float32
-    same_dtype = [delta, z] + ([B, C] if u.device.type == "cuda" else [])  # the CUDA kernel's B, C too
+    same_dtype = [delta, z] + ([B, C] if on_cuda else [])  # the CUDA kernel's B, C too
     if any(x is not None and x.dtype != io_dtype for x in same_dtype):
         io_dtype = torch.float32
     u, delta = u.to(io_dtype).contiguous(), delta.to(io_dtype).contiguous()
     z = None if z is None else z.to(io_dtype).contiguous()
     small = [None if x is None else x.float().contiguous() for x in (A, D, delta_bias, state)]
     # B and C in step order: time-flipped for a reverse scan (in the same copy as the CPU's transpose)
-    if u.device.type == "cuda":
-        B, C = B.to(io_dtype), C.to(io_dtype)
+    if on_cuda:
+        B, C, time_dim = B.to(io_dtype), C.to(io_dtype), 2
     else:
-        B, C = B.float().transpose(1, 2), C.float().transpose(1, 2)
-    time_dim = 2 if u.device.type == "cuda" else 1
+        B, C, time_dim = B.float().transpose(1, 2), C.float().transpose(1, 2), 1
     B, C = (x.flip(time_dim).contiguous() if reverse else x.contiguous() for x in (B, C))
     A, D, delta_bias, state = small
     out, last_state = kernel(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), state,

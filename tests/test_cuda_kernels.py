@@ -164,8 +164,8 @@ SS_SHAPES = [  # (batch, channels, d_state, length)
     (2, 3, 16, 200),
     (2, 5, 16, 37),
     (2, 7, 8, 100),
-    (1, 3, 24, 65),     # d_state padded to 32 lanes
-    (2, 4, 64, 33),     # two states per lane
+    (1, 3, 24, 65),     # d_state not a power of two
+    (2, 4, 64, 33),     # more states than a one-warp group has threads (its carries loop over them)
     (2, 384, 16, 513),  # AuM-tiny
 ]
 
