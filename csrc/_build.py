@@ -12,11 +12,8 @@ the compute capability of the current GPU; that key also holds torch's CUDA vers
 capability.  It needs a CUDA build of torch, a visible GPU and nvcc (`CUDA_HOME`, else the `nvcc` on
 the PATH); a CPU-only install never compiles or imports CUDA code.
 
-`resolve_backend(backend, op, device=None)` turns the user's choice (argument, else
-`$HEARSCAN_SCAN_BACKEND`, else "auto") into "compiled" or "reference".  "auto" falls back to the
-reference with one warning when the kernel cannot be built; "compiled" raises `KernelBuildError`
-with the reason.  Kernels are per device type: CPU and CUDA; tensors on any other device use the
-reference under "auto".
+Which implementation runs (the user's backend request, the device, the inputs) is decided in
+`csrc.dispatch`, not here: this module only builds and imports.  Kernels are per device type: CPU and CUDA.
 
 CPU kernel sources are compiled with `-O3 -march=native -fopenmp -ffp-contract=fast` and 512-bit vectors
 preferred; use `at::parallel_for` for threads (torch's pool, so `torch.set_num_threads` applies).
@@ -32,15 +29,11 @@ import platform
 import shutil
 import sys
 import threading
-import warnings
 from pathlib import Path
 
 import torch
 
 HERE = Path(__file__).resolve().parent
-BACKENDS = ("auto", "compiled", "reference")
-OPS = ("wkv7", "wkv6", "selective_scan", "mlstm")
-_ENV = "HEARSCAN_SCAN_BACKEND"
 # Tuples: torch.utils.cpp_extension.load appends its own libraries to the lists it is given, which would
 # change every build key computed later in the same process.
 CFLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-ffp-contract=fast")
@@ -50,7 +43,6 @@ DEVICE_TYPES = ("cpu", "cuda")  # the device types that have compiled kernels
 _lock = threading.Lock()
 _loaded: dict[tuple[str, str], object] = {}
 _failed: dict[tuple[str, str], str] = {}
-_warned: set[tuple[str, str]] = set()
 
 
 class KernelBuildError(RuntimeError):
@@ -65,39 +57,6 @@ def _device_type(device) -> str:
     if device is None:
         return "cpu"
     return torch.device(device).type
-
-
-def requested_backend(backend: str | None) -> str:
-    """The user's choice: `backend`, else `$HEARSCAN_SCAN_BACKEND`, else "auto" (validated)."""
-    choice = (backend or os.environ.get(_ENV) or "auto").lower()
-    if choice not in BACKENDS:
-        raise ValueError(
-            f"unknown scan backend {choice!r} (from {'argument' if backend else '$' + _ENV}); "
-            f"choose one of {', '.join(BACKENDS)}"
-        )
-    return choice
-
-
-def resolve_backend(backend: str | None, op: str, device=None) -> str:
-    """Return "compiled" or "reference" for `op` on `device` (default CPU).
-
-    The choice comes from `backend`, else `$HEARSCAN_SCAN_BACKEND`, else "auto".
-    """
-    choice = requested_backend(backend)
-    if choice == "reference":
-        return "reference"
-    if choice == "compiled":
-        load(op, device)  # raises KernelBuildError with the reason
-        return "compiled"
-    try:
-        load(op, device)
-        return "compiled"
-    except KernelBuildError as err:
-        dev = _device_type(device)
-        if dev in DEVICE_TYPES and (op, dev) not in _warned:
-            _warned.add((op, dev))
-            warnings.warn(f"{err}; using the (much slower) PyTorch reference for {op}", stacklevel=3)
-        return "reference"
 
 
 def _cpu_flags() -> str:

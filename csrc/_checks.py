@@ -1,4 +1,4 @@
-"""Input validation and backend plumbing shared by the kernel bindings (csrc/<op>.py).
+"""Input validation shared by the kernel bindings (csrc/<op>.py); which implementation runs is csrc.dispatch's.
 
 Every error names the operator and the argument, so the messages read the same for all four ops
 ("wkv7: k has shape ..., expected r's shape ...").  Op-specific checks stay in each binding.
@@ -6,12 +6,7 @@ Every error names the operator and the argument, so the messages read the same f
 
 from __future__ import annotations
 
-import os
-import warnings
-
 import torch
-
-from csrc._build import requested_backend, resolve_backend
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # what the compiled kernels read and write
 
@@ -63,61 +58,6 @@ def require_wkv_head_and_state(op: str, r: torch.Tensor, state, max_head_size: i
         raise ValueError(f"{op}: head size N={N} is outside 1..{max_head_size}")
     if state is not None and tuple(state.shape) != (B, H, N, N):
         raise ValueError(f"{op}: state has shape {tuple(state.shape)}, expected (B, H, N, N) = {(B, H, N, N)}")
-
-
-def within_cuda_limit(op: str, device, value: int, limit: int, what: str, backend: str | None) -> bool:
-    """The CUDA kernels take `what` up to `limit` (the CPU kernels have no such limit): beyond it "auto"
-    uses the reference and "compiled" raises.  True on any other device."""
-    if device.type != "cuda" or value <= limit:
-        return True
-    if requested_backend(backend) == "compiled":
-        raise ValueError(
-            f"{op}: the CUDA kernel takes {what} up to {limit}, got {value}; use backend='reference' "
-            "(or 'auto', which falls back to it)"
-        )
-    return False
-
-
-def needs_grad(*tensors) -> bool:
-    """Whether autograd needs a gradient through any of `tensors` (None and tuples of tensors allowed)."""
-    if not torch.is_grad_enabled():
-        return False
-    flat = [t for x in tensors if x is not None for t in (x if isinstance(x, (tuple, list)) else (x,))]
-    return any(t.requires_grad for t in flat)
-
-
-def wants_compiled(op: str, backend: str | None, device, tensors) -> bool:
-    """True to run the compiled kernel, False for the reference (WKV bindings).
-
-    The compiled kernels are forward-only: when an input requires grad, "compiled" raises and "auto"
-    warns and uses the differentiable reference.
-    """
-    if needs_grad(*tensors):
-        if requested_backend(backend) == "compiled":
-            raise ValueError(
-                f"{op}: the compiled kernel is forward-only and an input requires grad; "
-                "use backend='reference' or 'auto' (which falls back to it), or run under torch.no_grad()"
-            )
-        warnings.warn(
-            f"{op}: an input requires grad, so the slow differentiable reference runs instead of the compiled "
-            "kernel; wrap inference in torch.no_grad() or torch.inference_mode()",
-            stacklevel=3,  # the caller of the binding
-        )
-        return False
-    return resolve_backend(backend, op, device) == "compiled"
-
-
-def kernel_for(op: str, kernels: dict, device, backend: str | None, needs_grad: bool = False):
-    """The compiled kernel for `device` from `kernels` (by device type); None (use the reference) under
-    "auto" when there is none or autograd needs a gradient, ValueError under "compiled"."""
-    kernel = None if needs_grad else kernels.get(device.type)
-    if kernel is None and (backend or os.environ.get("HEARSCAN_SCAN_BACKEND", "")).lower() == "compiled":
-        why = ("is forward-only and an input requires grad" if needs_grad
-               else f"does not exist for {device.type} tensors yet")
-        raise ValueError(
-            f"{op}: the compiled kernel {why}; use backend='reference' (or 'auto', which falls back to it)"
-        )
-    return kernel
 
 
 def bench_case(name, shape, make_inputs, flops, tokens, reference=True, scaling_T=None) -> dict:

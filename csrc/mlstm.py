@@ -17,10 +17,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from csrc._build import load, resolve_backend
-from csrc._checks import (
-    KERNEL_DTYPES, bench_case, kernel_for, needs_grad, require_real_tensors, within_cuda_limit,
-)
+from csrc import dispatch
+from csrc._build import load
+from csrc._checks import KERNEL_DTYPES, bench_case, require_real_tensors
 
 CUDA_MAX_QK_WIDTH = 512  # the CUDA kernel's limit on the q/k head width (mlstm_cuda.cu)
 
@@ -80,14 +79,11 @@ def mlstm(q, k, v, igate, fgate, state=None, return_state=False, eps=1e-6, backe
     the official layout) pre-activations.  q, k, v may be float32 or bfloat16 in any layout; gates and
     state are computed in float32.  The compiled kernel is forward-only: when autograd needs a gradient,
     "auto" uses the (differentiable) reference.  `backend`: "auto" | "compiled" | "reference" (default:
-    $HEARSCAN_SCAN_BACKEND or auto).
+    $HEARSCAN_SCAN_BACKEND or auto); the kernel for the tensors' device is chosen by `csrc.dispatch`.
     """
     igate, fgate = _check_inputs(q, k, v, igate, fgate, state)
-    kernel = None
-    if (resolve_backend(backend, "mlstm", q.device) == "compiled"
-            and within_cuda_limit("mlstm", q.device, q.shape[3], CUDA_MAX_QK_WIDTH, "q/k widths", backend)):
-        grad = needs_grad(q, k, v, igate, fgate, state)
-        kernel = kernel_for("mlstm", _KERNELS, q.device, backend, needs_grad=grad)
+    kernel = dispatch.select("mlstm", q.device, backend, inputs=(q, k, v, igate, fgate, state),
+                             sizes={"q/k widths": q.shape[3]})
     if kernel is None:
         return mlstm_reference(q, k, v, igate, fgate, state=state, return_state=return_state, eps=eps)
     out_dtype = q.dtype
@@ -95,8 +91,8 @@ def mlstm(q, k, v, igate, fgate, state=None, return_state=False, eps=1e-6, backe
     q, k, v = (x.to(io_dtype).contiguous() for x in (q, k, v))
     igate, fgate = (x.float().contiguous() for x in (igate, fgate))
     C0, n0, m0 = (None, None, None) if state is None else (s.float().contiguous() for s in state)
-    h, C, n, m = kernel(q, k, v, igate, fgate, C0, n0, m0, float(eps),
-                        chunk_size(q.shape[2], q.shape[3], v.shape[3]), bool(return_state))
+    h, C, n, m = dispatch.run(kernel, q, k, v, igate, fgate, C0, n0, m0, float(eps),
+                              chunk_size(q.shape[2], q.shape[3], v.shape[3]), bool(return_state))
     h = h.to(out_dtype)
     return (h, (C, n, m)) if return_state else h
 
@@ -115,16 +111,16 @@ def chunk_size(length: int, dqk: int, dv: int) -> int:
     return int(min(max(64, width), 512))
 
 
-def _cpu_kernel(*args):
-    return load("mlstm").forward(*args)
+def _runner(device_type: str):
+    def run(*args):
+        return load("mlstm", device_type).forward(*args)
+    return run
 
 
-def _cuda_kernel(*args):
-    return load("mlstm", "cuda").forward(*args)
-
-
-# Compiled kernels by device type, one signature (the CUDA kernel is recurrent and ignores the chunk size).
-_KERNELS = {"cpu": _cpu_kernel, "cuda": _cuda_kernel}
+# One signature on both devices (the CUDA kernel is recurrent and ignores the chunk size).
+dispatch.register(dispatch.Kernel("mlstm", "cpu", _runner("cpu"), lambda: load("mlstm", "cpu")))
+dispatch.register(dispatch.Kernel("mlstm", "cuda", _runner("cuda"), lambda: load("mlstm", "cuda"),
+                                  limits={"q/k widths": CUDA_MAX_QK_WIDTH}))
 
 
 def _check_inputs(q, k, v, igate, fgate, state):

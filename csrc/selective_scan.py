@@ -15,10 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from csrc._build import load, resolve_backend
-from csrc._checks import (
-    KERNEL_DTYPES, bench_case, kernel_for, needs_grad, require_real_tensors, within_cuda_limit,
-)
+from csrc import dispatch
+from csrc._build import load
+from csrc._checks import KERNEL_DTYPES, bench_case, require_real_tensors
 
 CUDA_MAX_DSTATE = 64  # the CUDA kernel's limit (selective_scan_cuda.cu)
 
@@ -65,66 +64,71 @@ def selective_scan(
     u, delta and z may be float32 or bfloat16 (any layout: time-flipped views are fine); mixed dtypes
     are computed in float32.  The state is float32.  The compiled kernel is forward-only: when autograd
     needs a gradient, "auto" uses the (differentiable) reference.
-    `backend`: "auto" | "compiled" | "reference" (default: $HEARSCAN_SCAN_BACKEND or auto).
+    `backend`: "auto" | "compiled" | "reference" (default: $HEARSCAN_SCAN_BACKEND or auto); the kernel for
+    the tensors' device is chosen by `csrc.dispatch`.
     `reverse`: scan from the last step to the first (AuM's backward direction): out in step order, equal to
     the scan of the time-flipped u, delta, B, C, z flipped back, and the state after step 0.  The CPU
     kernel reads u, delta, z backwards; on CUDA they are flipped.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias, state)
-    kernel = None
-    if (resolve_backend(backend, "selective_scan", u.device) == "compiled"
-            and within_cuda_limit("selective_scan", u.device, A.shape[1], CUDA_MAX_DSTATE, "d_state", backend)):
-        grad = needs_grad(u, delta, A, B, C, D, z, delta_bias, state)
-        kernel = kernel_for("selective_scan", _KERNELS, u.device, backend, needs_grad=grad)
+    kernel = dispatch.select("selective_scan", u.device, backend, inputs=(u, delta, A, B, C, D, z, delta_bias, state),
+                             sizes={"d_state": A.shape[1]})
     if kernel is None:
         return selective_scan_reference(
             u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
             state=state, return_state=return_state, reverse=reverse,
         )
-    # The CPU kernel scans backwards itself; the CUDA one gets flipped copies.
-    flip = bool(reverse) and not _REVERSE_IN_KERNEL.get(u.device.type, False)
+    flip = bool(reverse) and not kernel.reverse  # a kernel without a reverse scan gets flipped copies
     if flip:
-        u, delta, z = (None if x is None else x.flip(-1) for x in (u, delta, z))
+        u, delta, B, C, z = (None if x is None else x.flip(-1) for x in (u, delta, B, C, z))
     out_dtype = u.dtype
-    # The kernel reads u, delta, z in one dtype (float32 or bfloat16) and the small operands as float32.
-    # The CPU kernel takes B and C as float32, transposed to (B, L, N) so that one time step's d_state
-    # values are contiguous; the CUDA kernel takes them as they come, (B, N, L) (one state's steps
-    # contiguous), in the dtype of u.
-    on_cuda = u.device.type == "cuda"
-    io_dtype = u.dtype if u.dtype in KERNEL_DTYPES else torch.float32
-    same_dtype = [delta, z] + ([B, C] if on_cuda else [])  # the CUDA kernel's B, C too
-    if any(x is not None and x.dtype != io_dtype for x in same_dtype):
-        io_dtype = torch.float32
-    u, delta = u.to(io_dtype).contiguous(), delta.to(io_dtype).contiguous()
-    z = None if z is None else z.to(io_dtype).contiguous()
-    small = [None if x is None else x.float().contiguous() for x in (A, D, delta_bias, state)]
-    # B and C in step order: time-flipped for a reverse scan (in the same copy as the CPU's transpose)
-    if on_cuda:
-        B, C, time_dim = B.to(io_dtype), C.to(io_dtype), 2
-    else:
-        B, C, time_dim = B.float().transpose(1, 2), C.float().transpose(1, 2), 1
-    B, C = (x.flip(time_dim).contiguous() if reverse else x.contiguous() for x in (B, C))
-    A, D, delta_bias, state = small
-    out, last_state = kernel(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), state,
-                             reverse=bool(reverse) and not flip)
+    out, last_state = dispatch.run(kernel, u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), state,
+                                   bool(reverse) and not flip)
     out = out.to(out_dtype)
     if flip:
         out = out.flip(-1)
     return (out, last_state) if return_state else out
 
 
-def _cpu_kernel(*args, reverse=False):
-    return load("selective_scan").forward(*args, reverse)
+def _io_dtype(u, *same):
+    """The one dtype the kernel reads u, delta, z (and on CUDA B, C) in: u's, or float32 when they differ."""
+    io_dtype = u.dtype if u.dtype in KERNEL_DTYPES else torch.float32
+    if any(x is not None and x.dtype != io_dtype for x in same):
+        io_dtype = torch.float32
+    return io_dtype
 
 
-def _cuda_kernel(*args, reverse=False):
+def _small(*xs):
+    """A, D, delta_bias and the state, as the kernels read them: float32, contiguous."""
+    return [None if x is None else x.float().contiguous() for x in xs]
+
+
+def _run_cpu(u, delta, A, B, C, D, z, delta_bias, softplus, state, reverse):
+    """The CPU kernel takes B and C as float32, transposed to (B, L, N) so that one time step's d_state values
+    are contiguous; for a reverse scan they are time-flipped in that same copy (it reads u, delta, z backwards)."""
+    io_dtype = _io_dtype(u, delta, z)
+    u, delta = u.to(io_dtype).contiguous(), delta.to(io_dtype).contiguous()
+    z = None if z is None else z.to(io_dtype).contiguous()
+    A, D, delta_bias, state = _small(A, D, delta_bias, state)
+    B, C = (x.float().transpose(1, 2) for x in (B, C))
+    B, C = (x.flip(1).contiguous() if reverse else x.contiguous() for x in (B, C))
+    return load("selective_scan", "cpu").forward(u, delta, A, B, C, D, z, delta_bias, softplus, state, reverse)
+
+
+def _run_cuda(u, delta, A, B, C, D, z, delta_bias, softplus, state, reverse):
+    """The CUDA kernel takes B and C as they come, (B, N, L) (one state's steps contiguous), in u's dtype."""
     assert not reverse, "the CUDA kernel has no reverse scan: the binding flips its inputs"
-    return load("selective_scan", "cuda").forward(*args)
+    io_dtype = _io_dtype(u, delta, z, B, C)
+    u, delta, B, C = (x.to(io_dtype).contiguous() for x in (u, delta, B, C))
+    z = None if z is None else z.to(io_dtype).contiguous()
+    A, D, delta_bias, state = _small(A, D, delta_bias, state)
+    return load("selective_scan", "cuda").forward(u, delta, A, B, C, D, z, delta_bias, softplus, state)
 
 
-# Compiled kernels by device type, one signature; which of them take reverse=True themselves.
-_KERNELS = {"cpu": _cpu_kernel, "cuda": _cuda_kernel}
-_REVERSE_IN_KERNEL = {"cpu": True, "cuda": False}
+dispatch.register(dispatch.Kernel("selective_scan", "cpu", _run_cpu, lambda: load("selective_scan", "cpu"),
+                                  reverse=True))
+dispatch.register(dispatch.Kernel("selective_scan", "cuda", _run_cuda, lambda: load("selective_scan", "cuda"),
+                                  limits={"d_state": CUDA_MAX_DSTATE}))
 
 
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias, state):

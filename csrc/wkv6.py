@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
+from csrc import dispatch
 from csrc._build import load
 from csrc._checks import (
-    bench_case, require_device, require_kernel_dtype, require_like, require_tensors,
-    require_wkv_head_and_state, wants_compiled, within_cuda_limit,
+    bench_case, require_device, require_kernel_dtype, require_like, require_tensors, require_wkv_head_and_state,
 )
 
 MAX_HEAD_SIZE = 1024  # the CPU kernel's limit (kMaxHeadSize in wkv6_cpu.cpp)
@@ -61,20 +61,32 @@ def wkv6(r, k, v, w, u, state=None, return_state=False, backend=None):
     """WKV-6 scan.  r, k, v, w: (B, T, H, N); u: (H, N); state: (B, H, N, N) float32 or None.
 
     Returns y (B, T, H, N) in the input dtype, and the final state (float32) when `return_state`.
-    `backend`: "auto" | "compiled" | "reference" (default: $HEARSCAN_SCAN_BACKEND or auto).
+    `backend`: "auto" | "compiled" | "reference" (default: $HEARSCAN_SCAN_BACKEND or auto); the kernel for
+    the tensors' device is chosen by `csrc.dispatch`.
     """
     _check_inputs(r, k, v, w, u, state)
-    if not (wants_compiled("wkv6", backend, r.device, (r, k, v, w, u, state))
-            and within_cuda_limit("wkv6", r.device, r.shape[3], CUDA_MAX_HEAD_SIZE, "head sizes", backend)):
+    kernel = dispatch.select("wkv6", r.device, backend, inputs=(r, k, v, w, u, state),
+                             sizes={"head sizes": r.shape[3]})
+    if kernel is None:
         return wkv6_reference(r, k, v, w, u, state=state, return_state=return_state)
-    kernel = load("wkv6", r.device)  # the CPU or the CUDA kernel: one signature
-    out = kernel.forward(
-        *(x.contiguous() for x in (r, k, v, w)),
-        u.float().contiguous(),
-        None if state is None else state.float().contiguous(),
-        bool(return_state),
-    )
-    return (out[0], out[1]) if return_state else out[0]
+    y, final = dispatch.run(kernel, r, k, v, w, u, state, bool(return_state))
+    return (y, final) if return_state else y
+
+
+def _runner(device_type: str):
+    def run(r, k, v, w, u, state, return_state):
+        out = load("wkv6", device_type).forward(
+            *(x.contiguous() for x in (r, k, v, w)), u.float().contiguous(),
+            None if state is None else state.float().contiguous(), return_state,
+        )
+        return out[0], (out[1] if return_state else None)
+    return run
+
+
+dispatch.register(dispatch.Kernel("wkv6", "cpu", _runner("cpu"), lambda: load("wkv6", "cpu"),
+                                  limits={"head sizes": MAX_HEAD_SIZE}))
+dispatch.register(dispatch.Kernel("wkv6", "cuda", _runner("cuda"), lambda: load("wkv6", "cuda"),
+                                  limits={"head sizes": CUDA_MAX_HEAD_SIZE}))
 
 
 def _bench_inputs(B, T, H, N, dtype, seed=0):

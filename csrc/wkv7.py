@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import torch
 
+from csrc import dispatch
 from csrc._build import load
 from csrc._checks import (
-    bench_case, require_device, require_kernel_dtype, require_like, require_tensors,
-    require_wkv_head_and_state, wants_compiled, within_cuda_limit,
+    bench_case, require_device, require_kernel_dtype, require_like, require_tensors, require_wkv_head_and_state,
 )
 
 MAX_HEAD_SIZE = 1024  # the CPU kernel's limit (kMaxHeadSize in wkv7_cpu.cpp)
 CUDA_MAX_HEAD_SIZE = 128  # the CUDA kernel's (wkv7_cuda.cu)
-_REVERSE_IN_KERNEL = {"cpu": True, "cuda": False}  # which kernels take reverse=True themselves
 
 
 def wkv7_reference(r, w, k, v, a, b, state=None, return_state=False, backend=None, reverse=False):
@@ -67,31 +66,48 @@ def wkv7(r, w, k, v, a, b, state=None, return_state=False, backend=None, reverse
     """WKV-7 scan.  r, w, k, v, a, b: (B, T, H, N); state: (B, H, N, N) float32 or None.
 
     Returns y (B, T, H, N) in the input dtype, and the final state (float32) when `return_state`.
-    `backend`: "auto" | "compiled" | "reference" (default: $HEARSCAN_SCAN_BACKEND or auto).
+    `backend`: "auto" | "compiled" | "reference" (default: $HEARSCAN_SCAN_BACKEND or auto); the kernel for
+    the tensors' device is chosen by `csrc.dispatch`.
     `reverse`: scan from the last token to the first (A-RWKV's backward direction): y in token order, equal
     to flip_T(wkv7(flip_T(inputs))), and the state after token 0 (chunks of a long recording then go
     last chunk first).  The CPU kernel reads the tokens backwards; on CUDA the inputs are flipped.
     Inputs may be non-contiguous (e.g. time-flipped views); the compiled path copies them.
     """
     _check_inputs(r, w, k, v, a, b, state)
-    if not (wants_compiled("wkv7", backend, r.device, (r, w, k, v, a, b, state))
-            and within_cuda_limit("wkv7", r.device, r.shape[3], CUDA_MAX_HEAD_SIZE, "head sizes", backend)):
+    kernel = dispatch.select("wkv7", r.device, backend, inputs=(r, w, k, v, a, b, state),
+                             sizes={"head sizes": r.shape[3]})
+    if kernel is None:
         return wkv7_reference(r, w, k, v, a, b, state=state, return_state=return_state, reverse=reverse)
     inputs = (r, w, k, v, a, b)
-    in_kernel = _REVERSE_IN_KERNEL.get(r.device.type, False)
-    flip = bool(reverse) and not in_kernel  # the CUDA kernel has no reverse: flipped copies
+    flip = bool(reverse) and not kernel.reverse  # a kernel without a reverse scan gets flipped copies
     if flip:
         inputs = tuple(x.flip(1) for x in inputs)
-    kernel = load("wkv7", r.device)  # the CPU or the CUDA kernel: one signature (+ reverse on the CPU)
-    extra = (bool(reverse),) if in_kernel else ()
-    out = kernel.forward(
-        *(x.contiguous() for x in inputs),
-        None if state is None else state.float().contiguous(),
-        bool(return_state),
-        *extra,
+    y, final = dispatch.run(kernel, *inputs, state, bool(return_state), bool(reverse) and not flip)
+    y = y.flip(1) if flip else y
+    return (y, final) if return_state else y
+
+
+def _run_cpu(r, w, k, v, a, b, state, return_state, reverse):
+    out = load("wkv7", "cpu").forward(
+        *(x.contiguous() for x in (r, w, k, v, a, b)),
+        None if state is None else state.float().contiguous(), return_state, reverse,
     )
-    y = out[0].flip(1) if flip else out[0]
-    return (y, out[1]) if return_state else y
+    return out[0], (out[1] if return_state else None)
+
+
+def _run_cuda(r, w, k, v, a, b, state, return_state, reverse):
+    assert not reverse, "the CUDA kernel has no reverse scan: the binding flips its inputs"
+    out = load("wkv7", "cuda").forward(
+        *(x.contiguous() for x in (r, w, k, v, a, b)),
+        None if state is None else state.float().contiguous(), return_state,
+    )
+    return out[0], (out[1] if return_state else None)
+
+
+dispatch.register(dispatch.Kernel("wkv7", "cpu", _run_cpu, lambda: load("wkv7", "cpu"),
+                                  limits={"head sizes": MAX_HEAD_SIZE}, reverse=True))
+dispatch.register(dispatch.Kernel("wkv7", "cuda", _run_cuda, lambda: load("wkv7", "cuda"),
+                                  limits={"head sizes": CUDA_MAX_HEAD_SIZE}))
 
 
 def _bench_inputs(B, T, H, N, dtype, seed=0):

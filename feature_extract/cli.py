@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from hear_modules import registry
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -17,7 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("tasks_dir", type=Path, help="a folder of HEAR task directories (or one task directory)")
     p.add_argument("out_dir", type=Path, help="output folder for the embeddings")
     p.add_argument("modules", nargs="*", metavar="MODULE[=CHECKPOINT]",
-                   help="hearscan module (logmel, arwkv, conrwkv, aum, axlstm, ssast, equiav) or any "
+                   help=f"hearscan module ({', '.join(registry.names())}) or any "
                    "importable HEAR module, optionally with a checkpoint; default: modules whose weights "
                    "are configured (HEARSCAN_<MODULE>_CHECKPOINT, PT_AXLSTM_MODEL_DIR), else logmel")
     p.add_argument("--option", "-o", action="append", default=[], metavar="[MODULE:]KEY=VALUE",

@@ -11,12 +11,11 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hear_modules import registry
 from hearscan.errors import UserFacingError
-from hear_modules import MODULES as HEARSCAN_MODULES
 
 WEIGHTS_FREE_DEFAULT = "logmel"
 
@@ -38,9 +37,7 @@ class ModuleSpec:
 
 
 def resolve_module_name(name: str) -> str:
-    if name in HEARSCAN_MODULES:
-        return f"hear_modules.{name}"
-    return name
+    return registry.module_name(name)
 
 
 def import_module(name: str):
@@ -49,7 +46,7 @@ def import_module(name: str):
     except ModuleNotFoundError as err:
         if err.name and name.startswith(err.name):
             raise UserFacingError(
-                f"unknown module {name!r}: hearscan modules are {', '.join(HEARSCAN_MODULES)}; "
+                f"unknown module {name!r}: hearscan modules are {', '.join(registry.names())}; "
                 "other HEAR modules must be importable (pip install them)"
             ) from err
         raise
@@ -89,21 +86,12 @@ def parse_specs(specs: list[str], option_args: list[str]) -> list[ModuleSpec]:
 
 
 def configured_specs() -> list[ModuleSpec]:
-    """Modules whose weights are configured in the environment, else the weights-free default.
+    """Modules whose weights the environment configures (empty: none; see `registry.configured`).
 
     `HEARSCAN_<MODULE>_CHECKPOINT=path` configures a module (e.g. HEARSCAN_ARWKV_CHECKPOINT);
     `$PT_AXLSTM_MODEL_DIR` (the official AxLSTM layout) configures axlstm and ssast.
     """
-    specs = []
-    for name in HEARSCAN_MODULES:
-        path = os.environ.get(f"HEARSCAN_{name.upper()}_CHECKPOINT")
-        if path:
-            specs.append(ModuleSpec(f"hear_modules.{name}", path))
-    if os.environ.get("PT_AXLSTM_MODEL_DIR"):
-        for name in ("axlstm", "ssast"):
-            if not any(s.module == f"hear_modules.{name}" for s in specs):
-                specs.append(ModuleSpec(f"hear_modules.{name}", None))
-    return specs
+    return [ModuleSpec(family.module, path) for family, path in registry.configured()]
 
 
 def file_sha256(path: str | None) -> str | None:

@@ -37,8 +37,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -48,6 +46,7 @@ from torch import nn
 
 from hear_modules._audio import check_audio_batch
 from hear_modules._checkpoint import load_strict, read_checkpoint
+from hear_modules._options import Option, common, parse_options, positive_int, warn_random_weights
 from hearscan.errors import CheckpointError, UserFacingError
 
 SAMPLE_RATE = 16000
@@ -56,7 +55,6 @@ HOP_MS = 10.0
 CHUNK_FRAMES = 200  # the official unit: 2 s of log-mel
 PATCH_T, PATCH_F = 4, 16
 GRID_F = N_MELS // PATCH_F  # 5 frequency bands
-MIN_SAMPLES = 201  # MelSpectrogram's reflect padding (200 samples) needs a longer input
 WIDTHS = {"tiny": 192, "small": 384, "base": 768}
 DEFAULT_DEPTH = 12
 ENV_MODEL_DIR = "PT_AXLSTM_MODEL_DIR"
@@ -70,7 +68,6 @@ OFFICIAL_FOLDERS = {
     ("ssast", "base"): "ssast_base_200_16x4_4x256_fp16_r1",
 }
 ARRANGEMENTS = ("official", "time")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -152,7 +149,7 @@ def read_official_state_dict(path: Path) -> dict:
     return state
 
 
-def infer_common_config(state: dict, source: str) -> dict:
+def common_config_from_state_dict(state: dict, source: str) -> dict:
     """Width and depth from the keys; check the stem matches the official 4x16 patches on 200x80."""
     for key in ("cls_token", "pos_embed", "patch_embed.proj.weight"):
         if key not in state:
@@ -333,80 +330,57 @@ class OfficialWrapper(nn.Module):
 
     @torch.no_grad()
     def embed(self, audio) -> tuple[torch.Tensor, torch.Tensor]:
-        audio = check_audio_batch(audio, self.name, min_samples=MIN_SAMPLES).to(self.device)
+        audio = check_audio_batch(audio, self.name).to(self.device)
         logmel = self.frontend(audio)
         emb = self.encode_logmel(logmel)
         return emb, self.timestamps(audio.shape[0], audio.shape[1], emb.shape[1])
 
 
-def build_wrapper(family: str, make_encoder, infer_config, model_file_path: str, options: dict,
-                  extra_options: dict | None = None) -> OfficialWrapper:
-    """Shared `load_model`: options, checkpoint resolution, strict load, random-init warning."""
-    valid = {
-        "size": tuple(WIDTHS),
-        "device": ("cpu", "cuda", None),
-        "dtype": tuple(DTYPES),
-        "arrangement": ARRANGEMENTS,
-        "chunk_frames": "a positive multiple of 4, or 'whole'",
-        "chunk_batch": "a positive integer",
-        **(extra_options or {}),
-    }
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise UserFacingError(f"hear_modules.{family}: unknown option(s) {unknown}; valid options: {sorted(valid)}")
-    for key in ("size", "dtype", "arrangement", *(extra_options or {})):
-        if key in options and options[key] not in valid[key]:
-            raise UserFacingError(
-                f"hear_modules.{family}: {key}={options[key]!r} is not valid; choose one of {list(valid[key])}"
-            )
-    size = options.get("size")
-    chunk_frames = options.get("chunk_frames", CHUNK_FRAMES)
-    if chunk_frames != "whole":
-        try:
-            chunk_frames = int(chunk_frames)
-        except (TypeError, ValueError):
-            chunk_frames = -1
-        if chunk_frames <= 0 or chunk_frames % PATCH_T:
-            raise UserFacingError(f"hear_modules.{family}: chunk_frames must be {valid['chunk_frames']}")
-    chunk_batch = int(options.get("chunk_batch", 256))
-    if chunk_batch <= 0:
-        raise UserFacingError(f"hear_modules.{family}: chunk_batch must be a positive integer")
-    device = options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise UserFacingError(f"hear_modules.{family}: device={device!r} is not valid; choose 'cpu' or 'cuda'")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise UserFacingError(f"hear_modules.{family}: device='cuda' asked for, but no CUDA device is available")
-    dtype = DTYPES[options.get("dtype", "float32")]
+def _chunk_frames(value):
+    if value == "whole":
+        return value
+    value = int(value)
+    if value <= 0 or value % PATCH_T:
+        raise ValueError
+    return value
 
+
+OPTIONS = common(tuple(WIDTHS)) + [
+    Option("arrangement", ARRANGEMENTS, default="official"),
+    Option("chunk_frames", convert=_chunk_frames, rule="a positive multiple of 4, or 'whole'", default=CHUNK_FRAMES),
+    Option("chunk_batch", convert=positive_int, rule="a positive integer", default=256),
+]
+
+
+def build_wrapper(family: str, make_encoder, config_fn, model_file_path: str, options: dict,
+                  ops: tuple[str, ...] = ()) -> OfficialWrapper:
+    """Shared `load_model`: options, checkpoint resolution, strict load, random-init warning."""
+    opts = parse_options(family, options, OPTIONS, ops=ops)
+    size = opts["size"]
     ckpt = find_checkpoint(model_file_path, family, size)
     if ckpt is None:
         size = size or "tiny"
-        encoder = make_encoder({"dim": WIDTHS[size], "depth": DEFAULT_DEPTH}, options)
+        encoder = make_encoder({"dim": WIDTHS[size], "depth": DEFAULT_DEPTH}, opts)
         encoder.init_random(torch.Generator().manual_seed(0))
-        message = (
-            f"hear_modules.{family}: NO WEIGHTS GIVEN - using RANDOM weights ({size}); the embeddings are "
-            f"meaningless.  Pass the official weights folder, or set ${ENV_MODEL_DIR}."
-        )
-        warnings.warn(message, stacklevel=3)
-        print(f"WARNING: {message}", file=sys.stderr)
+        warn_random_weights(family, f"NO WEIGHTS GIVEN - {size}", f"Pass the official weights folder, or set ${ENV_MODEL_DIR}.")
     else:
         state = read_official_state_dict(ckpt)
-        config = infer_config(state, str(ckpt))
+        config = config_fn(state, str(ckpt))
         if size is not None and WIDTHS[size] != config["dim"]:
             inferred = {v: k for k, v in WIDTHS.items()}.get(config["dim"], f"width {config['dim']}")
             raise UserFacingError(
                 f"hear_modules.{family}: size={size!r} but {ckpt} holds a {inferred} model; drop the size option"
             )
-        encoder = make_encoder(config, options)
+        encoder = make_encoder(config, opts)
         load_strict(encoder, state, str(ckpt))
     encoder.eval()
     model = OfficialWrapper(
-        encoder, family, arrangement=options.get("arrangement", "official"), chunk_frames=chunk_frames,
-        chunk_batch=chunk_batch, dtype=dtype,
+        encoder, family, arrangement=opts["arrangement"], chunk_frames=opts["chunk_frames"],
+        chunk_batch=opts["chunk_batch"], dtype=opts["dtype"],
     )
     model.checkpoint_path = str(ckpt) if ckpt else None
-    model.to(device)
-    model.encoder.to(dtype)
+    model.to(opts["device"])
+    model.encoder.to(opts["dtype"])
     return model.eval()
 
 
@@ -422,6 +396,6 @@ def layer_norm_plus_one(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5
 
 
 __all__ = [
-    "OfficialWrapper", "ChunkEncoder", "build_wrapper", "check_model", "infer_common_config",
+    "OfficialWrapper", "ChunkEncoder", "build_wrapper", "check_model", "common_config_from_state_dict",
     "sincos_positions", "layer_norm_plus_one",
 ]

@@ -7,11 +7,14 @@ import torch
 from hearscan.errors import AudioInputError
 
 
-def check_audio_batch(audio, module: str, min_samples: int = 1) -> torch.Tensor:
+MIN_SAMPLES = 400  # one 25 ms analysis frame at 16 kHz: the shortest clip every module takes
+
+
+def check_audio_batch(audio, module: str) -> torch.Tensor:
     """Validate a HEAR audio batch (n_sounds, n_samples) and return it as float32.
 
     Rejects: non-tensors, wrong rank (stereo arrives as 3-D), integer dtypes, NaN/Inf, clips shorter than
-    `min_samples` (one analysis frame).  Silence is valid input.
+    one 25 ms analysis frame (the same minimum for every module).  Silence is valid input.
     """
     if not isinstance(audio, torch.Tensor):
         raise AudioInputError(f"{module}: audio must be a torch.Tensor of shape (n_sounds, n_samples), got {type(audio).__name__}")
@@ -22,10 +25,10 @@ def check_audio_batch(audio, module: str, min_samples: int = 1) -> torch.Tensor:
         )
     if not audio.is_floating_point():
         raise AudioInputError(f"{module}: audio must be floating point in [-1, 1], got {audio.dtype}; divide integer PCM by its full scale")
-    if audio.shape[1] < min_samples:
+    if audio.shape[1] < MIN_SAMPLES:
         raise AudioInputError(
             f"{module}: clips of {audio.shape[1]} samples are shorter than one analysis frame "
-            f"({min_samples} samples); pad them (e.g. with zeros) to at least that length"
+            f"({MIN_SAMPLES} samples, 25 ms); pad them (e.g. with zeros) to at least that length"
         )
     if not torch.isfinite(audio).all():
         bad = (~torch.isfinite(audio)).any(dim=1).nonzero().flatten().tolist()

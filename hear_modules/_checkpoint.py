@@ -41,14 +41,13 @@ def strip_prefix(state_dict: dict, prefix: str) -> dict:
     return state_dict
 
 
-def load_strict(model: torch.nn.Module, state_dict: dict, source: str, ignore=()) -> None:
+def load_strict(model: torch.nn.Module, state_dict: dict, source: str) -> None:
     """Load `state_dict` into `model` after checking keys and shapes; list every mismatch on failure.
 
-    `ignore` names checkpoint keys that the official format carries but the embedding never uses
-    (they are checked to exist, then dropped).
+    A family's checkpoint quirks (prefixes, keys the official format carries but the embedding never uses)
+    are undone first by its `checkpoint_filter_fn`; nothing is loaded loosely.
     """
     expected = model.state_dict()
-    state_dict = {k: v for k, v in state_dict.items() if k not in set(ignore)}
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     shapes = sorted(

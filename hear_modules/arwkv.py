@@ -49,12 +49,11 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
-from csrc._build import BACKENDS
-from csrc.wkv7 import wkv7
+import csrc
 from hear_modules._audio import check_audio_batch
 from hear_modules._checkpoint import load_strict, read_checkpoint, strip_prefix
 from hear_modules._frontend import kaldi_fbank
-from hear_modules._options import DTYPES, check_options, resolve_device, warn_random_weights
+from hear_modules._options import common, parse_options, warn_random_weights
 from hearscan.errors import CheckpointError, UserFacingError
 
 SAMPLE_RATE = 16000
@@ -66,7 +65,6 @@ FBANK_MEAN = -4.421761
 FBANK_STD = 4.32408
 FRAME_SHIFT_MS = 10.0
 FRAME_LENGTH_MS = 25.0
-MIN_SAMPLES = int(SAMPLE_RATE * FRAME_LENGTH_MS / 1000)  # one fbank frame
 HEAD_SIZE = 64
 DEPTH = 12
 NUM_CLASSES = 527
@@ -76,7 +74,6 @@ FIRST_TIMESTAMP_MS = (PATCH - 1) * FRAME_SHIFT_MS / 2 + FRAME_LENGTH_MS / 2  # 8
 WINDOW_BATCH = 16  # windows per backbone call: bounds memory on long clips
 FBANK_BLOCK_FRAMES = 3000  # fbank frames computed at once (30 s): bounds the frontend's memory
 
-BENCH_CONFIGS = [{"size": "tiny"}, {"size": "small"}, {"size": "base"}]
 
 
 _RESAMPLERS: dict[torch.device, torchaudio.transforms.Resample] = {}
@@ -183,8 +180,8 @@ class TimeMix(nn.Module):
         # inputs into one batch [X; flip_T(X)] and flips the output back; reverse=True reads X backwards
         # and writes y_bwd in token order, which is the same scan without the copies (tests/test_wkv7.py).
         scan_in = [t.view(B, T, H, N) for t in (r, w, k, v, -kk, kk * a)]
-        y_fwd = wkv7(*scan_in, backend=scan_backend)
-        y_bwd = wkv7(*scan_in, backend=scan_backend, reverse=True)
+        y_fwd = csrc.wkv7(*scan_in, backend=scan_backend)
+        y_bwd = csrc.wkv7(*scan_in, backend=scan_backend, reverse=True)
         gate = torch.sigmoid(self.gate(xx.transpose(1, 2))).transpose(1, 2).unsqueeze(3)  # (B, T, H, 1)
         y = gate * y_fwd + (1.0 - gate) * y_bwd
 
@@ -228,7 +225,7 @@ class AudioRWKV(nn.Module):
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, cfg: ARWKVConfig, scan_backend: str = "auto"):
+    def __init__(self, cfg: ARWKVConfig, scan_backend: str | None = None):
         super().__init__()
         self.cfg = cfg
         self.scan_backend = scan_backend
@@ -248,12 +245,6 @@ class AudioRWKV(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.pos_embed.dtype
-
-    def _backend(self) -> str:
-        # The compiled WKV-7 kernel is a CPU kernel; on other devices "auto" means the reference scan.
-        if self.device.type != "cpu" and self.scan_backend == "auto":
-            return "reference"
-        return self.scan_backend
 
     # --- frontend ---------------------------------------------------------------------------------
     def log_fbank(self, audio: torch.Tensor) -> torch.Tensor:
@@ -301,9 +292,8 @@ class AudioRWKV(nn.Module):
         x = self.emb(x.to(self.dtype).unsqueeze(1))  # (B, C, grid_t, grid_f)
         x = x.flatten(2).transpose(1, 2) + self.pos_embed
         v_first = x
-        backend = self._backend()
         for block in self.blocks:
-            x, v_first = block(x, v_first, backend)
+            x, v_first = block(x, v_first, self.scan_backend)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -338,7 +328,7 @@ def _n_timestamps(n_samples: int, n_patches: int) -> int:
 
 
 def get_scene_embeddings(audio: torch.Tensor, model: AudioRWKV) -> torch.Tensor:
-    audio = check_audio_batch(audio, "arwkv", min_samples=MIN_SAMPLES)
+    audio = check_audio_batch(audio, "arwkv")
     with torch.no_grad():
         grid, _ = model.token_grid(audio)
         emb = model.ln_out(grid.mean(dim=(1, 2)))
@@ -346,7 +336,7 @@ def get_scene_embeddings(audio: torch.Tensor, model: AudioRWKV) -> torch.Tensor:
 
 
 def get_timestamp_embeddings(audio: torch.Tensor, model: AudioRWKV):
-    audio = check_audio_batch(audio, "arwkv", min_samples=MIN_SAMPLES)
+    audio = check_audio_batch(audio, "arwkv")
     with torch.no_grad():
         grid, _ = model.token_grid(audio)
         n = _n_timestamps(audio.shape[1], grid.shape[1])
@@ -362,6 +352,12 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: AudioRWKV):
 # --- loading ----------------------------------------------------------------------------------------
 _REQUIRED_FOR_INFERENCE = ("emb.weight", "pos_embed", "head.weight", "blocks.0.att.r_k", "blocks.0.att.w1",
                            "blocks.0.att.a1", "blocks.0.att.v1", "blocks.0.att.g1", "blocks.0.ffn.key.weight")
+
+
+def checkpoint_filter_fn(state_dict: dict) -> dict:
+    """The official checkpoint's quirks: a raw state_dict, bf16 or fp32 (load_strict casts), saved with or
+    without DataParallel's `module.` prefix."""
+    return strip_prefix(state_dict, "module.")
 
 
 def config_from_state_dict(sd: dict, source: str) -> ARWKVConfig:
@@ -423,7 +419,7 @@ def _random_init(model: AudioRWKV, seed: int = 0) -> None:
                 normal(p, 0.0, scale / math.sqrt(fan_in))
 
 
-_OPTIONS = {"size": tuple(SIZES), "device": ("cpu", "cuda", None), "dtype": tuple(DTYPES), "scan_backend": BACKENDS}
+OPTIONS = common(SIZES)
 
 
 def load_model(model_file_path: str = "", **options) -> AudioRWKV:
@@ -432,24 +428,19 @@ def load_model(model_file_path: str = "", **options) -> AudioRWKV:
     Options: size (tiny|small|base, random init only; a checkpoint's size is read from it), device
     (cpu|cuda, default CUDA when present), dtype (float32|bfloat16), scan_backend (auto|compiled|reference).
     """
-    options = check_options("arwkv", dict(options), _OPTIONS)
-    backend = options.get("scan_backend") or "auto"
-    device = resolve_device("arwkv", options.get("device"))
-    dtype = DTYPES[options.get("dtype") or "float32"]
+    opts = parse_options("arwkv", options, OPTIONS, ops=("wkv7",))
+    backend = opts["scan_backend"]  # None: $HEARSCAN_SCAN_BACKEND, else auto (csrc.dispatch)
     if model_file_path:
-        if "size" in options:
+        if opts["size"] is not None:
             raise UserFacingError("hear_modules.arwkv: `size` is for random init; a checkpoint's size is read from the checkpoint")
-        sd = strip_prefix(read_checkpoint(model_file_path), "module.")
+        sd = checkpoint_filter_fn(read_checkpoint(model_file_path))
         cfg = config_from_state_dict(sd, str(model_file_path))
         model = AudioRWKV(cfg, scan_backend=backend)
         load_strict(model, sd, str(model_file_path))
     else:
-        size = options.get("size") or "tiny"
-        message = (
-            f"hear_modules.arwkv: no checkpoint given - using A-RWKV-{size[0].upper()} with RANDOM weights "
-            "(seed 0). Embeddings are NOT meaningful; pass the path of an official AudioRWKV .pth."
-        )
-        warn_random_weights(message)
+        size = opts["size"] or "tiny"
+        warn_random_weights("arwkv", f"no checkpoint given - A-RWKV-{size[0].upper()} (seed 0)",
+                            "Pass the path of an official AudioRWKV .pth.")
         model = AudioRWKV(ARWKVConfig.for_width(SIZES[size]), scan_backend=backend)
         _random_init(model)
-    return model.to(device=device, dtype=dtype).eval()
+    return model.to(device=opts["device"], dtype=opts["dtype"]).eval()

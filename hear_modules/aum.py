@@ -52,18 +52,16 @@ Options of `load_model`: `size` (tiny/small/base, random init only, default tiny
 from __future__ import annotations
 
 import math
-import sys
-import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import csrc
-from csrc._build import KernelBuildError, resolve_backend
 from hear_modules._audio import check_audio_batch
 from hear_modules._checkpoint import load_strict, read_checkpoint, strip_prefix
 from hear_modules._frontend import kaldi_fbank
+from hear_modules._options import Option, common, parse_options, warn_random_weights
 from hearscan.errors import CheckpointError, UserFacingError
 
 SAMPLE_RATE = 16000
@@ -86,15 +84,8 @@ SIZES = {"tiny": 192, "small": 384, "base": 768}
 VARIANTS = ("fobi", "bibi")
 RELEASED_VARIANT = {"tiny": "fobi", "small": "bibi", "base": "fobi"}
 DEPTH, D_STATE, D_CONV, EXPAND, NUM_CLASSES = 24, 16, 4, 2, 527
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-OPTIONS = ("size", "variant", "norm", "device", "dtype", "scan_backend")
 BIBI_ONLY = ("D_b", "conv1d_b.weight", "conv1d_b.bias", "x_proj_b.weight", "dt_proj_b.weight", "dt_proj_b.bias")
 
-BENCH_CONFIGS = [
-    {"size": "tiny", "variant": "fobi"},
-    {"size": "small", "variant": "bibi"},
-    {"size": "base", "variant": "fobi"},
-]
 
 
 # ----------------------------------------------------------------------------------------------- network
@@ -316,14 +307,14 @@ def _column_timestamps(n_samples: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------ HEAR API
 def get_scene_embeddings(audio: torch.Tensor, model: AudioMamba) -> torch.Tensor:
-    audio = check_audio_batch(audio, "aum", min_samples=FRAME_SAMPLES)
+    audio = check_audio_batch(audio, "aum")
     with torch.no_grad():
         scene, _, _ = model.embed(audio)
     return scene.float()
 
 
 def get_timestamp_embeddings(audio: torch.Tensor, model: AudioMamba):
-    audio = check_audio_batch(audio, "aum", min_samples=FRAME_SAMPLES)
+    audio = check_audio_batch(audio, "aum")
     with torch.no_grad():
         _, columns, _ = model.embed(audio)
     ts = _column_timestamps(audio.shape[1])
@@ -333,7 +324,12 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: AudioMamba):
 
 
 # ----------------------------------------------------------------------------------------------- loading
-def _infer_config(state_dict: dict, source: str) -> dict:
+def checkpoint_filter_fn(state_dict: dict) -> dict:
+    """The official checkpoint's quirks: a raw state_dict, saved with or without DataParallel's `module.`."""
+    return strip_prefix(state_dict, "module.")
+
+
+def config_from_state_dict(state_dict: dict, source: str) -> dict:
     """Width, depth, class count, variant and mixer sizes from the official key names and shapes."""
     needed = ["patch_embed.proj.weight", "head.weight", "layers.0.mixer.A_log", "layers.0.mixer.in_proj.weight",
               "layers.0.mixer.conv1d.weight", "layers.0.mixer.dt_proj.weight"]
@@ -381,63 +377,31 @@ def _random_init(model: AudioMamba) -> None:
             m.out_proj.weight.data /= math.sqrt(len(model.layers))
 
 
-def _choice(options: dict, name: str, valid, default):
-    value = options.get(name, default)
-    if value not in valid:
-        raise UserFacingError(f"hear_modules.aum: option {name}={value!r} is not valid; choose one of "
-                              + ", ".join(repr(v) for v in valid))
-    return value
+OPTIONS = common(SIZES) + [Option("variant", VARIANTS), Option("norm", tuple(NORM_STATS), default="audioset")]
 
 
 def load_model(model_file_path: str = "", **options) -> AudioMamba:
     """Official AuM checkpoint (strict) or, with no path, random weights (with a loud warning)."""
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise UserFacingError(f"hear_modules.aum: unknown option(s) {', '.join(unknown)}; valid options: "
-                              + ", ".join(OPTIONS))
-    norm = _choice(options, "norm", tuple(NORM_STATS), "audioset")
-    dtype = DTYPES[_choice(options, "dtype", tuple(DTYPES), "float32")]
-    device = _choice(options, "device", ("cpu", "cuda", None), None)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise UserFacingError("hear_modules.aum: device='cuda' requested but no CUDA device is available; use device='cpu'")
-    # None defers to $HEARSCAN_SCAN_BACKEND (else "auto") at every call; resolve once here so that a
-    # kernel that cannot be built fails now, with its reason, rather than in the middle of a run
-    backend = _choice(options, "scan_backend", ("auto", "compiled", "reference", None), None)
-    try:
-        resolved = resolve_backend(backend, "selective_scan")
-    except KernelBuildError as err:
-        raise UserFacingError(f"hear_modules.aum: scan_backend='compiled' unavailable: {err}") from err
-    except ValueError as err:
-        raise UserFacingError(f"hear_modules.aum: {err}") from err
-    if resolved == "compiled" and device != "cpu" and (backend or "").lower() == "compiled":
-        raise UserFacingError(f"hear_modules.aum: the compiled selective scan runs on the CPU only; with "
-                              f"device={device!r} use scan_backend='auto' or 'reference'")
-
+    opts = parse_options("aum", options, OPTIONS, ops=("selective_scan",))
+    # scan_backend None defers to $HEARSCAN_SCAN_BACKEND (else "auto") at every call (csrc.dispatch)
+    norm, backend, device, dtype = opts["norm"], opts["scan_backend"], opts["device"], opts["dtype"]
+    size, variant = opts["size"], opts["variant"]
     if model_file_path:
-        state_dict = strip_prefix(read_checkpoint(model_file_path), "module.")
-        config = _infer_config(state_dict, str(model_file_path))
-        if "size" in options or "variant" in options:
-            size = options.get("size")
-            if size is not None:
-                _choice(options, "size", tuple(SIZES), None)
-            variant = _choice(options, "variant", VARIANTS, config["variant"])
-            if (size is not None and SIZES[size] != config["dim"]) or variant != config["variant"]:
-                raise UserFacingError(
-                    f"hear_modules.aum: options size={size!r} variant={variant!r} contradict the checkpoint "
-                    f"{model_file_path} (width {config['dim']}, variant {config['variant']}); the checkpoint "
-                    "defines the model, drop these options"
-                )
+        state_dict = checkpoint_filter_fn(read_checkpoint(model_file_path))
+        config = config_from_state_dict(state_dict, str(model_file_path))
+        if (size is not None and SIZES[size] != config["dim"]) or variant not in (None, config["variant"]):
+            raise UserFacingError(
+                f"hear_modules.aum: options size={size!r} variant={variant or config['variant']!r} contradict the "
+                f"checkpoint {model_file_path} (width {config['dim']}, variant {config['variant']}); the checkpoint "
+                "defines the model, drop these options"
+            )
         model = AudioMamba(**config, norm=norm, scan_backend=backend)
         load_strict(model, state_dict, str(model_file_path))
     else:
-        size = _choice(options, "size", tuple(SIZES), "tiny")  # like A-RWKV: the smallest, fast to validate
-        variant = _choice(options, "variant", VARIANTS, RELEASED_VARIANT[size])
-        message = (f"hear_modules.aum: no checkpoint given, using RANDOM weights (AuM {size} {variant}); "
-                   "embeddings are meaningless. Pass the path of an official AuM checkpoint.")
-        warnings.warn(message, stacklevel=2)
-        print(f"WARNING: {message}", file=sys.stderr)
+        size = size or "tiny"  # like A-RWKV: the smallest, fast to validate
+        variant = variant or RELEASED_VARIANT[size]
+        warn_random_weights("aum", f"no checkpoint given - AuM {size} {variant}",
+                            "Pass the path of an official AuM checkpoint.")
         model = AudioMamba(SIZES[size], DEPTH, variant, norm=norm, scan_backend=backend)
         _random_init(model)
     model.to(device=device)

@@ -36,11 +36,7 @@ from hearscan.errors import CheckpointError
 N_CELL_HEADS = 4  # mLSTM heads (the official qkv_block_size), independent of width
 QKV_BLOCK = 4  # block-diagonal q/k/v projections of 4x4 blocks
 CONV_KERNEL = 4
-SCAN_BACKENDS = ("auto", "compiled", "reference")
 
-# official 2-s chunks at each size, plus the whole clip as one sequence (chunk_frames="whole"), which is
-# where the mLSTM scan stays linear in clip length and attention does not
-BENCH_CONFIGS = [{"size": "tiny"}, {"size": "small"}, {"size": "base"}, {"size": "tiny", "chunk_frames": "whole"}]
 
 
 class HeadwiseLinear(nn.Module):
@@ -151,8 +147,8 @@ class AxLSTMEncoder(wrapper.ChunkEncoder):
                     proj.weight.normal_(0.0, math.sqrt(2 / (5 * self.dim)), generator=generator)
 
 
-def infer_config(state: dict, source: str) -> dict:
-    config = wrapper.infer_common_config(state, source)
+def config_from_state_dict(state: dict, source: str) -> dict:
+    config = wrapper.common_config_from_state_dict(state, source)
     if "blocks.0.attn.qkv_layer.weight" in state:
         raise CheckpointError(f"{source} is an SSAST (ViT) checkpoint: load it with hear_modules.ssast")
     key = "blocks.0.layer.proj_up.weight"
@@ -171,10 +167,8 @@ def _make_encoder(config: dict, options: dict) -> AxLSTMEncoder:
 def load_model(model_file_path: str = "", **options) -> wrapper.OfficialWrapper:
     """Options: size (tiny/small/base), device, dtype, scan_backend, arrangement (official/time),
     chunk_frames (200 = official), chunk_batch (chunks per encoder call)."""
-    return wrapper.build_wrapper(
-        "axlstm", _make_encoder, infer_config, model_file_path, options,
-        extra_options={"scan_backend": SCAN_BACKENDS},
-    )
+    return wrapper.build_wrapper("axlstm", _make_encoder, config_from_state_dict, model_file_path, options,
+                                 ops=("mlstm",))
 
 
 def get_timestamp_embeddings(audio: torch.Tensor, model: wrapper.OfficialWrapper):

@@ -1,9 +1,9 @@
 """`hearscan bench models`: how fast each HEAR backbone embeds audio, compiled scan vs reference scan.
 
-Generic over `hear_modules.MODULES`: a module takes part when it defines `BENCH_CONFIGS` (a list of
+Generic over the registry of families (`hear_modules.registry`): each family's `bench_configs` (a list of
 `load_model` option dicts, e.g. `[{"size": "tiny"}, ...]`).  Models are random-init (no checkpoint needed:
-speed does not depend on the weights).  Modules that are missing or define no `BENCH_CONFIGS` are
-skipped with a note; modules whose `load_model` takes no `scan_backend` option get no reference column.
+speed does not depend on the weights).  Families that fail to import are skipped with a note; families
+that run no scan get no reference column.
 
 Throughput (default): audio-seconds embedded per wall-clock second by `get_scene_embeddings` on
 `--clips` random clips of `--seconds` s, with `scan_backend="compiled"` and `"reference"` measured side by
@@ -39,7 +39,7 @@ def register(subparsers) -> None:
         help="audio-seconds per second of each HEAR backbone, compiled vs reference scans; time/memory vs length",
         description=__doc__.split("\n\n")[0],
     )
-    parser.add_argument("--modules", default=None, help="comma-separated subset of hear_modules.MODULES (default: all)")
+    parser.add_argument("--modules", default=None, help="comma-separated subset of the registered families (default: all)")
     parser.add_argument("--configs", default=None,
                         help="only configs whose options contain this, e.g. 'size=tiny' (comma-separated key=value)")
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length for the throughput mode (default 10)")
@@ -60,11 +60,15 @@ def register(subparsers) -> None:
 # ---------------------------------------------------------------------------------------------- discovery
 
 def discover(names: list[str] | None) -> tuple[list[tuple[str, object, list[dict]]], list[str]]:
-    """(module name, module, BENCH_CONFIGS) for every benchmarkable module, plus notes on skipped ones."""
-    from hear_modules import MODULES
+    """(module name, module, bench configs) for every registered family, plus notes on skipped ones."""
+    from hear_modules import registry
 
     found, notes = [], []
-    for name in names or MODULES:
+    for name in names or registry.names():
+        family = registry.get(name)
+        if family is None:
+            notes.append(f"{name}: skipped (not present: the registered families are {', '.join(registry.names())})")
+            continue
         try:
             module = importlib.import_module(f"hear_modules.{name}")
         except ModuleNotFoundError as err:
@@ -76,11 +80,7 @@ def discover(names: list[str] | None) -> tuple[list[tuple[str, object, list[dict
         except Exception as err:  # a module under construction must not stop the others
             notes.append(f"{name}: skipped (import failed: {type(err).__name__}: {err})")
             continue
-        configs = getattr(module, "BENCH_CONFIGS", None)
-        if not configs:
-            notes.append(f"{name}: skipped (defines no BENCH_CONFIGS)")
-            continue
-        found.append((name, module, list(configs)))
+        found.append((name, module, [dict(c) for c in family.bench_configs]))
     return found, notes
 
 

@@ -41,12 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from csrc._build import BACKENDS
-from csrc.wkv6 import wkv6
+import csrc
 from hear_modules._audio import check_audio_batch
 from hear_modules._checkpoint import load_strict, read_checkpoint, strip_prefix
 from hear_modules._frontend import kaldi_fbank
-from hear_modules._options import DTYPES, check_options, resolve_device, warn_random_weights
+from hear_modules._options import common, parse_options, warn_random_weights
 from hearscan.errors import CheckpointError, UserFacingError
 
 SAMPLE_RATE = 16000
@@ -64,7 +63,6 @@ DEPTH = 12
 TIMESTAMP_HOP_MS = PATCH_FRAMES * FRAME_SHIFT_MS  # 40 ms
 FIRST_TIMESTAMP_MS = (PATCH_FRAMES - 1) * FRAME_SHIFT_MS / 2 + FRAME_LENGTH_MS / 2  # 27.5 ms
 
-BENCH_CONFIGS = [{"size": "tiny"}, {"size": "small"}, {"size": "base"}]
 
 
 @dataclass
@@ -134,7 +132,7 @@ class TimeMix6(nn.Module):
         def heads(t):
             return t.view(B, T, H, N)
 
-        y = wkv6(heads(r), heads(k), heads(v), heads(w), self.time_faaaa, backend=scan_backend)
+        y = csrc.wkv6(heads(r), heads(k), heads(v), heads(w), self.time_faaaa, backend=scan_backend)
         y = self.ln_x(y.reshape(B * T, C)).view(B, T, C)
         return self.output(y * g)
 
@@ -183,7 +181,7 @@ class ConBlock(nn.Module):
 class ConRWKV(nn.Module):
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, cfg: ConRWKVConfig, scan_backend: str = "auto"):
+    def __init__(self, cfg: ConRWKVConfig, scan_backend: str | None = None):
         super().__init__()
         self.cfg = cfg
         self.scan_backend = scan_backend
@@ -202,11 +200,6 @@ class ConRWKV(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.ln_out.weight.dtype
 
-    def _backend(self) -> str:
-        if self.device.type != "cpu" and self.scan_backend == "auto":  # the compiled WKV-6 is a CPU kernel
-            return "reference"
-        return self.scan_backend
-
     def fbank(self, audio: torch.Tensor) -> torch.Tensor:
         """(B, N) 16 kHz -> (B, F, 128) normalised fbank, F padded up to a multiple of the patch."""
         win, hop = MIN_SAMPLES, int(SAMPLE_RATE * FRAME_SHIFT_MS / 1000)
@@ -218,9 +211,8 @@ class ConRWKV(nn.Module):
     def tokens(self, fb: torch.Tensor) -> torch.Tensor:
         """(B, F, 128) normalised fbank -> (B, F / 4, C) last-block tokens (before ln_out)."""
         x = self.patch_embed(fb.to(self.dtype).unsqueeze(1)).flatten(2).transpose(1, 2)
-        backend = self._backend()
         for block in self.blocks:
-            x = block(x, backend)
+            x = block(x, self.scan_backend)
         return x
 
 
@@ -230,13 +222,13 @@ def _n_timestamps(n_samples: int, n_tokens: int) -> int:
 
 
 def get_scene_embeddings(audio: torch.Tensor, model: ConRWKV) -> torch.Tensor:
-    audio = check_audio_batch(audio, "conrwkv", min_samples=MIN_SAMPLES).to(model.device)
+    audio = check_audio_batch(audio, "conrwkv").to(model.device)
     with torch.no_grad():
         return model.ln_out(model.tokens(model.fbank(audio)).mean(dim=1)).float()
 
 
 def get_timestamp_embeddings(audio: torch.Tensor, model: ConRWKV):
-    audio = check_audio_batch(audio, "conrwkv", min_samples=MIN_SAMPLES).to(model.device)
+    audio = check_audio_batch(audio, "conrwkv").to(model.device)
     with torch.no_grad():
         tokens = model.tokens(model.fbank(audio))
         n = _n_timestamps(audio.shape[1], tokens.shape[1])
@@ -252,6 +244,14 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: ConRWKV):
 _UNUSED_OFFICIAL = ("ln_even.", "batch_norm.")  # carried by the official Block, never used in forward
 _REQUIRED = ("patch_embed.weight", "ln_out.weight", "blocks.0.att.time_faaaa", "blocks.0.att.time_maa_w2",
              "blocks.0.att.time_decay_w1", "blocks.0.ffn.key.weight", "blocks.0.depthwise_conv.weight")
+
+
+def checkpoint_filter_fn(state_dict: dict) -> dict:
+    """The official Block's quirks: DataParallel's `module.` prefix, and `ln_even.*` / `batch_norm.*`, which
+    its forward never uses (dropped)."""
+    sd = strip_prefix(state_dict, "module.")
+    return {k: v for k, v in sd.items()
+            if not (k.startswith("blocks.") and k.split(".", 2)[2].startswith(_UNUSED_OFFICIAL))}
 
 
 def config_from_state_dict(sd: dict, source: str) -> ConRWKVConfig:
@@ -298,7 +298,7 @@ def _random_init(model: ConRWKV, seed: int = 0) -> None:
             p.copy_(val)
 
 
-_OPTIONS = {"size": tuple(SIZES), "device": ("cpu", "cuda", None), "dtype": tuple(DTYPES), "scan_backend": BACKENDS}
+OPTIONS = common(SIZES)
 
 
 def load_model(model_file_path: str = "", **options) -> ConRWKV:
@@ -307,25 +307,19 @@ def load_model(model_file_path: str = "", **options) -> ConRWKV:
     Options: size (tiny|small|base), device (cpu|cuda, default CUDA when present), dtype
     (float32|bfloat16), scan_backend (auto|compiled|reference).
     """
-    options = check_options("conrwkv", dict(options), _OPTIONS)
-    backend = options.get("scan_backend") or "auto"
-    device = resolve_device("conrwkv", options.get("device"))
-    dtype = DTYPES[options.get("dtype") or "float32"]
+    opts = parse_options("conrwkv", options, OPTIONS, ops=("wkv6",))
+    backend = opts["scan_backend"]  # None: $HEARSCAN_SCAN_BACKEND, else auto (csrc.dispatch)
     if model_file_path:
-        if "size" in options:
+        if opts["size"] is not None:
             raise UserFacingError("hear_modules.conrwkv: `size` is for random init; a checkpoint's size is read from the checkpoint")
-        sd = strip_prefix(read_checkpoint(model_file_path), "module.")
+        sd = checkpoint_filter_fn(read_checkpoint(model_file_path))
         cfg = config_from_state_dict(sd, str(model_file_path))
         model = ConRWKV(cfg, scan_backend=backend)
-        unused = [k for k in sd if k.startswith("blocks.") and k.split(".", 2)[2].startswith(_UNUSED_OFFICIAL)]
-        load_strict(model, sd, str(model_file_path), ignore=unused)
+        load_strict(model, sd, str(model_file_path))
     else:
-        size = options.get("size") or "tiny"
-        message = (
-            f"hear_modules.conrwkv: using a {size} RWKV-6 Con model with RANDOM weights (seed 0). "
-            "No audio weights are published for Con-RWKV; embeddings are a random-feature baseline."
-        )
-        warn_random_weights(message)
+        size = opts["size"] or "tiny"
+        warn_random_weights("conrwkv", f"a {size} RWKV-6 Con model (seed 0)",
+                            "No audio weights are published for Con-RWKV: a random-feature baseline.")
         model = ConRWKV(ConRWKVConfig.for_width(SIZES[size]), scan_backend=backend)
         _random_init(model)
-    return model.to(device=device, dtype=dtype).eval()
+    return model.to(device=opts["device"], dtype=opts["dtype"]).eval()

@@ -34,8 +34,6 @@ and memory are linear in clip length (attention is quadratic only within the fix
 from __future__ import annotations
 
 import re
-import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -45,6 +43,7 @@ from torch import nn
 from hear_modules._audio import check_audio_batch
 from hear_modules._checkpoint import load_strict, read_checkpoint
 from hear_modules._frontend import kaldi_fbank
+from hear_modules._options import Option, common, parse_options, positive_int, warn_random_weights
 from hearscan.errors import CheckpointError, UserFacingError
 
 SAMPLE_RATE = 16000
@@ -53,13 +52,10 @@ TARGET_FRAMES = 1024
 PATCH = 16
 GRID_F, GRID_T = N_MELS // PATCH, TARGET_FRAMES // PATCH  # 8 x 64
 FBANK_MEAN, FBANK_STD = -4.346, 4.332
-MIN_SAMPLES = 400  # one 25 ms Kaldi frame
 HEAD_DIM = 64
 PREFIX = "__M__."
 SIZES = {"base": 768}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
-BENCH_CONFIGS = [{"size": "base"}]
 
 
 class PatchEmbed(nn.Module):
@@ -176,7 +172,7 @@ class EquiAVAudio(nn.Module):
     @torch.no_grad()
     def embed(self, audio) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Timestamp embeddings (B, frames, D), timestamps (B, frames) ms, scene embeddings (B, D)."""
-        audio = check_audio_batch(audio, "equiav", min_samples=MIN_SAMPLES)
+        audio = check_audio_batch(audio, "equiav")
         fb, n_frames = self.fbank(audio)
         B = fb.shape[0]
         starts = windows(n_frames)
@@ -221,7 +217,11 @@ def unused_official_keys(depth: int) -> list[str]:
     return keys
 
 
-def infer_config(state: dict, source: str) -> dict:
+def _depth(state: dict) -> int:
+    return len({int(m.group(1)) for k in state if (m := re.match(r"blocks_a\.(\d+)\.", k))})
+
+
+def config_from_state_dict(state: dict, source: str) -> dict:
     for key in ("patch_embed_a.proj.weight", "pos_embed_a", "norm_a.weight", "pred_a_inter.weight"):
         if key not in state:
             raise CheckpointError(
@@ -236,7 +236,7 @@ def infer_config(state: dict, source: str) -> dict:
         )
     config = {
         "dim": dim,
-        "depth": len({int(m.group(1)) for k in state if (m := re.match(r"blocks_a\.(\d+)\.", k))}),
+        "depth": _depth(state),
         "hidden": state["blocks_a.0.mlp.fc1.weight"].shape[0] if "blocks_a.0.mlp.fc1.weight" in state else 4 * dim,
         "proj_dim": state["pred_a_inter.weight"].shape[0],
         "head": None,
@@ -250,37 +250,36 @@ def infer_config(state: dict, source: str) -> dict:
     return config
 
 
+OPTIONS = common(tuple(SIZES)) + [Option("chunk_batch", convert=positive_int, rule="a positive integer", default=16)]
+
+
+def checkpoint_filter_fn(raw: dict, source: str) -> dict:
+    """The fine-tuned checkpoint's quirks: every key prefixed `__M__.` (a `{'state_dict': ...}` wrapper is
+    tolerated), and the weights the audio-only forward never reads (`pred_v_inter.*`, each block's
+    `norm1_a/norm1_v/norm2_a/norm2_v`), which are dropped by name; any other unexpected key fails."""
+    if isinstance(raw.get("state_dict"), dict):
+        raw = raw["state_dict"]
+    if not raw or not all(k.startswith(PREFIX) for k in raw):
+        others = sorted(k for k in raw if not k.startswith(PREFIX))[:5]
+        raise CheckpointError(
+            f"checkpoint {source}: expected the EquiAV fine-tuned state dict with every key prefixed "
+            f"'{PREFIX}' (as the EquiAV trainer saves it); found keys like {others}"
+        )
+    state = {k[len(PREFIX):]: v for k, v in raw.items()}
+    unused = set(unused_official_keys(_depth(state)))
+    return {k: v for k, v in state.items() if k not in unused}
+
+
 def load_model(model_file_path: str = "", **options) -> EquiAVAudio:
     """Options: size ("base", the released model; ignored with a checkpoint), device, dtype,
-    chunk_batch (windows per encoder call)."""
-    valid = {"size": tuple(SIZES), "device": ("cpu", "cuda", None), "dtype": tuple(DTYPES), "chunk_batch": "int > 0",
-             "scan_backend": ("auto", "compiled", "reference")}
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise UserFacingError(f"hear_modules.equiav: unknown option(s) {unknown}; valid options: {sorted(valid)}")
-    for key in ("size", "dtype", "scan_backend"):
-        if key in options and options[key] not in valid[key]:
-            raise UserFacingError(f"hear_modules.equiav: {key}={options[key]!r} is not valid; choose one of {list(valid[key])}")
-    device = options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise UserFacingError("hear_modules.equiav: device='cuda' asked for, but no CUDA device is available")
-    if not (str(device) == "cpu" or str(device).startswith("cuda")):
-        raise UserFacingError(f"hear_modules.equiav: device={device!r} is not valid; choose 'cpu' or 'cuda'")
+    chunk_batch (windows per encoder call); scan_backend is accepted for uniformity (no scan here)."""
+    opts = parse_options("equiav", options, OPTIONS)
     if model_file_path:
         path = Path(model_file_path).expanduser()
-        raw = read_checkpoint(path)
-        if isinstance(raw.get("state_dict"), dict):  # tolerate a {'state_dict': ...} wrapper
-            raw = raw["state_dict"]
-        if not raw or not all(k.startswith(PREFIX) for k in raw):
-            others = sorted(k for k in raw if not k.startswith(PREFIX))[:5]
-            raise CheckpointError(
-                f"checkpoint {path}: expected the EquiAV fine-tuned state dict with every key prefixed "
-                f"'{PREFIX}' (as the EquiAV trainer saves it); found keys like {others}"
-            )
-        state = {k[len(PREFIX):]: v for k, v in raw.items()}
-        config = infer_config(state, str(path))
+        state = checkpoint_filter_fn(read_checkpoint(path), str(path))
+        config = config_from_state_dict(state, str(path))
         model = EquiAVAudio(**config)
-        load_strict(model, state, str(path), ignore=unused_official_keys(config["depth"]))
+        load_strict(model, state, str(path))
         model.checkpoint_path = str(path)
     else:
         model = EquiAVAudio()
@@ -289,17 +288,11 @@ def load_model(model_file_path: str = "", **options) -> EquiAVAudio:
             for name, p in model.named_parameters():
                 if p.ndim > 1 and name != "pos_embed_a":
                     p.normal_(0.0, 0.02, generator=g)
-        message = ("hear_modules.equiav: NO WEIGHTS GIVEN - using RANDOM weights (ViT-B); the embeddings are "
-                   "meaningless.  Pass the fine-tuned EquiAV checkpoint (.pth).")
-        warnings.warn(message, stacklevel=2)
-        print(f"WARNING: {message}", file=sys.stderr)
+        warn_random_weights("equiav", "NO WEIGHTS GIVEN - ViT-B", "Pass the fine-tuned EquiAV checkpoint (.pth).")
         model.checkpoint_path = None
-    if "chunk_batch" in options:
-        if int(options["chunk_batch"]) <= 0:
-            raise UserFacingError("hear_modules.equiav: chunk_batch must be a positive integer")
-        model.chunk_batch = int(options["chunk_batch"])
-    model.compute_dtype = DTYPES[options.get("dtype", "float32")]
-    model.to(device=device, dtype=model.compute_dtype)
+    model.chunk_batch = opts["chunk_batch"]
+    model.compute_dtype = opts["dtype"]
+    model.to(device=opts["device"], dtype=model.compute_dtype)
     return model.eval()
 
 

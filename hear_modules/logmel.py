@@ -19,6 +19,7 @@ import torchaudio
 
 from hear_modules._audio import check_audio_batch
 from hear_modules._frontend import regular_timestamps
+from hear_modules._options import Option, parse_options
 from hearscan.errors import UserFacingError
 
 SAMPLE_RATE = 16000
@@ -28,9 +29,8 @@ HOP = 160  # 10 ms
 POOL = 5  # frames per timestamp window (50 ms)
 STRIDE = 2  # frames between timestamps: a 20 ms hop
 TIMESTAMP_HOP_MS = STRIDE * HOP / SAMPLE_RATE * 1000.0
-DEVICES = ("cpu", "cuda")
+OPTIONS = [Option("device")]
 
-BENCH_CONFIGS = [{}]
 
 
 class LogMel(torch.nn.Module):
@@ -50,19 +50,13 @@ class LogMel(torch.nn.Module):
         return torch.log(self.mel(audio) + 1e-6).transpose(1, 2)
 
 
-def load_model(model_file_path: str = "", device: str | None = None, **options) -> LogMel:
+def load_model(model_file_path: str = "", **options) -> LogMel:
     if model_file_path:
         raise UserFacingError(
             f"hear_modules.logmel has no weights, but was given the model file {model_file_path}; "
             "call it without a model file (no --model)"
         )
-    if options:
-        raise UserFacingError(f"hear_modules.logmel: unknown options {sorted(options)}; its only option is device")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in DEVICES:
-        raise UserFacingError(f"hear_modules.logmel: device must be one of {', '.join(DEVICES)}, got {device!r}")
-    return LogMel().eval().to(device)
+    return LogMel().eval().to(parse_options("logmel", options, OPTIONS)["device"])
 
 
 def _on_model_device(audio: torch.Tensor, model: LogMel) -> torch.Tensor:
@@ -70,7 +64,7 @@ def _on_model_device(audio: torch.Tensor, model: LogMel) -> torch.Tensor:
 
 
 def get_timestamp_embeddings(audio: torch.Tensor, model: LogMel):
-    audio = _on_model_device(check_audio_batch(audio, "logmel", min_samples=1), model)
+    audio = _on_model_device(check_audio_batch(audio, "logmel"), model)
     with torch.no_grad():
         frames = model(audio)  # (B, F, 64); frame i is centred at i * 10 ms
         # average POOL frames around every STRIDE-th frame (edge-replicated), stamped at its centre
@@ -82,7 +76,7 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: LogMel):
 
 
 def get_scene_embeddings(audio: torch.Tensor, model: LogMel) -> torch.Tensor:
-    audio = _on_model_device(check_audio_batch(audio, "logmel", min_samples=1), model)
+    audio = _on_model_device(check_audio_batch(audio, "logmel"), model)
     with torch.no_grad():
         frames = model(audio)
         return torch.cat([frames.mean(dim=1), frames.std(dim=1, unbiased=False)], dim=1)

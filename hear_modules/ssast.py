@@ -23,9 +23,6 @@ from hearscan.errors import CheckpointError
 
 HEAD_DIM = 64  # official configs: tiny 3, small 6, base 12 heads = D / 64
 
-# official 2-s chunks at each size, plus the whole clip as one sequence (chunk_frames="whole"), which is
-# where the mLSTM scan stays linear in clip length and attention does not
-BENCH_CONFIGS = [{"size": "tiny"}, {"size": "small"}, {"size": "base"}, {"size": "tiny", "chunk_frames": "whole"}]
 
 
 class Attention(nn.Module):
@@ -74,8 +71,8 @@ class SSASTEncoder(wrapper.ChunkEncoder):
         self.blocks = nn.ModuleList(Block(dim, heads, hidden) for _ in range(depth))
 
 
-def infer_config(state: dict, source: str) -> dict:
-    config = wrapper.infer_common_config(state, source)
+def config_from_state_dict(state: dict, source: str) -> dict:
+    config = wrapper.common_config_from_state_dict(state, source)
     if "blocks.0.layer.proj_up.weight" in state:
         raise CheckpointError(f"{source} is an AxLSTM checkpoint: load it with hear_modules.axlstm")
     key = "blocks.0.mlp.layer1.weight"
@@ -94,10 +91,7 @@ def _make_encoder(config: dict, options: dict) -> SSASTEncoder:
 def load_model(model_file_path: str = "", **options) -> wrapper.OfficialWrapper:
     """Options: size (tiny/small/base), device, dtype, scan_backend (accepted for uniformity: SSAST
     has no scan), arrangement (official/time), chunk_frames (200 = official), chunk_batch."""
-    return wrapper.build_wrapper(
-        "ssast", _make_encoder, infer_config, model_file_path, options,
-        extra_options={"scan_backend": ("auto", "compiled", "reference")},
-    )
+    return wrapper.build_wrapper("ssast", _make_encoder, config_from_state_dict, model_file_path, options)
 
 
 def get_timestamp_embeddings(audio: torch.Tensor, model: wrapper.OfficialWrapper):

@@ -9,6 +9,7 @@ import contextlib
 import pytest
 import torch
 
+from csrc import dispatch
 from csrc._build import KernelBuildError, load
 
 # WKV-6/7: float32 outputs within 1e-4 (the kernels reorder float32 sums; WKV-7's also rescales its state,
@@ -90,16 +91,16 @@ def assert_empty_sequence_keeps_the_state(op, x, s0, backend):
     torch.testing.assert_close(s, s0)
 
 
-def assert_reference_never_calls_kernel(monkeypatch, module, call):
+def assert_reference_never_calls_kernel(monkeypatch, op, call):
     """With backend="reference" (argument or environment) `call(**extra)` must not touch the kernel."""
 
     def boom(*args, **kwargs):
         raise AssertionError("compiled kernel called")
 
-    monkeypatch.setitem(module._KERNELS, "cpu", boom)
-    call(backend="reference")
-    monkeypatch.setenv("HEARSCAN_SCAN_BACKEND", "reference")
-    call()
+    with dispatch.registered(dispatch.Kernel(op, "cpu", boom)):
+        call(backend="reference")
+        monkeypatch.setenv("HEARSCAN_SCAN_BACKEND", "reference")
+        call()
 
 
 def assert_bad_input_raises(op, kw, change, error, match, backend, have_kernel):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from _model_helpers import HEARSCAN, hearscan_validate_available
+from _model_helpers import HEARSCAN, assert_fbank_close, hearscan_validate_available
 from hear_modules import arwkv
 from hearscan.errors import AudioInputError, CheckpointError, UserFacingError
 
@@ -82,7 +82,7 @@ def _fixture_fbank(model, audio):
 def test_fbank_matches_official(model, audio, expected):
     fb = _fixture_fbank(model, audio)
     assert fb.shape == (2, 992, 128)
-    torch.testing.assert_close(fb, expected["fbank"], atol=1e-5, rtol=0)
+    assert_fbank_close(fb, expected["fbank"])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

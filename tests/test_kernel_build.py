@@ -12,7 +12,8 @@ import warnings
 import pytest
 import torch
 
-from csrc import _build
+import csrc
+from csrc import _build, dispatch
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def fresh_build_state(monkeypatch):
     """Forget what this process has loaded or failed to build, for the duration of one test."""
     monkeypatch.setattr(_build, "_loaded", {})
     monkeypatch.setattr(_build, "_failed", {})
-    monkeypatch.setattr(_build, "_warned", set())
+    monkeypatch.setattr(dispatch, "_warned", set())
 
 
 def test_second_load_reuses_the_build():
@@ -97,10 +98,10 @@ def test_missing_compiler_is_explained(tmp_path, monkeypatch, fresh_build_state)
     with pytest.raises(_build.KernelBuildError, match=r"no C\+\+ compiler .*apt-get install g\+\+.*HEARSCAN_SCAN_BACKEND=reference"):
         _build.load("wkv7")
     with pytest.raises(_build.KernelBuildError, match="no C.. compiler"):
-        _build.resolve_backend("compiled", "wkv7")
+        dispatch.resolve_backend("compiled", "wkv7")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert _build.resolve_backend("auto", "wkv7") == "reference"
+        assert dispatch.resolve_backend("auto", "wkv7") == "reference"
     assert any("no C++ compiler" in str(w.message) for w in caught)
     assert not any(tmp_path.rglob("*.so"))
 
@@ -109,23 +110,23 @@ def test_missing_source_and_unknown_backend(fresh_build_state):
     with pytest.raises(_build.KernelBuildError, match="no_such_op_cpu.cpp is missing"):
         _build.load("no_such_op")
     with pytest.raises(ValueError, match="unknown scan backend 'fastest'.*auto, compiled, reference"):
-        _build.resolve_backend("fastest", "wkv7")
+        dispatch.resolve_backend("fastest", "wkv7")
 
 
 def test_backend_from_environment(monkeypatch):
     monkeypatch.setenv("HEARSCAN_SCAN_BACKEND", "reference")
-    assert _build.resolve_backend(None, "wkv7") == "reference"
-    assert _build.resolve_backend("compiled", "wkv7") == "compiled"
+    assert dispatch.resolve_backend(None, "wkv7") == "reference"
+    assert dispatch.resolve_backend("compiled", "wkv7") == "compiled"
     monkeypatch.setenv("HEARSCAN_SCAN_BACKEND", "bogus")
     with pytest.raises(ValueError, match=r"\$HEARSCAN_SCAN_BACKEND"):
-        _build.resolve_backend(None, "wkv7")
+        dispatch.resolve_backend(None, "wkv7")
 
 
 def test_devices_without_a_kernel_use_the_reference(fresh_build_state):
     """Kernels exist for CPU and CUDA: "auto" sends other devices to the reference, "compiled" says why not."""
-    assert _build.resolve_backend("auto", "wkv7", torch.device("meta")) == "reference"
+    assert dispatch.resolve_backend("auto", "wkv7", torch.device("meta")) == "reference"
     with pytest.raises(_build.KernelBuildError, match="no compiled wkv7 kernel for meta tensors"):
-        _build.resolve_backend("compiled", "wkv7", "meta")
+        dispatch.resolve_backend("compiled", "wkv7", "meta")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
@@ -133,28 +134,28 @@ def test_cuda_without_a_gpu_is_explained(fresh_build_state):
     """On a machine without a GPU the CUDA kernels are never built; "compiled" says why, "auto" warns once."""
     why = "no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
     with pytest.raises(_build.KernelBuildError, match=why):
-        _build.resolve_backend("compiled", "wkv7", "cuda")
+        dispatch.resolve_backend("compiled", "wkv7", "cuda")
     with pytest.warns(UserWarning, match="using the .*reference for wkv7"):
-        assert _build.resolve_backend("auto", "wkv7", torch.device("cuda")) == "reference"
+        assert dispatch.resolve_backend("auto", "wkv7", torch.device("cuda")) == "reference"
 
 
 def test_cuda_sources_have_their_own_key(tmp_path, monkeypatch):
     """Every op has a CUDA source beside its CPU one, each .cu includes only keyed headers (csrc/*.cuh),
     and editing a .cuh changes no CPU key (the CPU build never reads it)."""
-    for op in _build.OPS:
+    for op in csrc.OPS:
         assert _build.sources(op, "cuda") == [_build.HERE / f"{op}_cuda.cu"], op
         for line in (_build.HERE / f"{op}_cuda.cu").read_text().splitlines():
             if line.startswith('#include "'):
                 assert (_build.HERE / line.split('"')[1]) in _build.headers("cuda"), (op, line)
-    for src in [f"{op}_cpu.cpp" for op in _build.OPS] + [h.name for h in _build.headers()]:
+    for src in [f"{op}_cpu.cpp" for op in csrc.OPS] + [h.name for h in _build.headers()]:
         shutil.copy(_build.HERE / src, tmp_path / src)
     for h in _build.headers("cuda"):
         shutil.copy(h, tmp_path / h.name)
     monkeypatch.setattr(_build, "HERE", tmp_path)
-    keys = {op: _build.build_key(op) for op in _build.OPS}
+    keys = {op: _build.build_key(op) for op in csrc.OPS}
     with open(tmp_path / "cuda_common.cuh", "a") as f:
         f.write("\n// changed\n")
-    assert {op: _build.build_key(op) for op in _build.OPS} == keys
+    assert {op: _build.build_key(op) for op in csrc.OPS} == keys
 
 
 def test_compile_error_is_reported(tmp_path, monkeypatch, fresh_build_state):

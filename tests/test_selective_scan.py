@@ -12,7 +12,10 @@ import importlib
 import pytest
 import torch
 
+import dataclasses
+
 import csrc
+from csrc import dispatch
 from _kernel_helpers import (
     assert_bad_input_raises,
     assert_reference_never_calls_kernel,
@@ -170,8 +173,9 @@ def test_reverse_by_flipped_copies_for_kernels_without_it(monkeypatch):
     kw = make_inputs(2, 21, 16, 70, seed=14)
     state = torch.randn(2, 21, 16, generator=torch.Generator().manual_seed(15)) * 0.1
     y, h = csrc.selective_scan(**kw, state=state, return_state=True, backend="compiled", reverse=True)
-    monkeypatch.setitem(ss_mod._REVERSE_IN_KERNEL, "cpu", False)
-    y_flip, h_flip = csrc.selective_scan(**kw, state=state, return_state=True, backend="compiled", reverse=True)
+    cpu = dispatch.kernel_for("selective_scan", "cpu")
+    with dispatch.registered(dataclasses.replace(cpu, reverse=False)):
+        y_flip, h_flip = csrc.selective_scan(**kw, state=state, return_state=True, backend="compiled", reverse=True)
     torch.testing.assert_close(y_flip, y, atol=0, rtol=0)
     torch.testing.assert_close(h_flip, h, atol=0, rtol=0)
 
@@ -274,27 +278,29 @@ def test_mixed_dtypes_compute_in_float32():
 
 def test_reference_backend_never_calls_the_kernel(monkeypatch):
     kw = make_inputs(1, 3, 4, 5)
-    assert_reference_never_calls_kernel(monkeypatch, ss_mod, lambda **extra: csrc.selective_scan(**kw, **extra))
+    assert_reference_never_calls_kernel(monkeypatch, "selective_scan",
+                                        lambda **extra: csrc.selective_scan(**kw, **extra))
 
 
 @needs_kernel
 def test_auto_backend_uses_the_kernel(monkeypatch):
-    calls = []
-    real = ss_mod._KERNELS["cpu"]
-    monkeypatch.setitem(ss_mod._KERNELS, "cpu", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     monkeypatch.delenv("HEARSCAN_SCAN_BACKEND", raising=False)
+    before = csrc.kernel_calls().get(("selective_scan", "cpu"), 0)
     csrc.selective_scan(**make_inputs(1, 3, 4, 5))
-    assert calls == [1]
+    assert csrc.kernel_calls()[("selective_scan", "cpu")] == before + 1
 
 
 def test_device_without_kernel(monkeypatch):
     """Under 'auto' a device with no compiled kernel falls back to the reference; 'compiled' says so."""
-    monkeypatch.setattr(ss_mod, "_KERNELS", {})
+    cpu = dispatch.kernel_for("selective_scan", "cpu")
     kw = make_inputs(1, 3, 4, 5)
-    monkeypatch.setattr(ss_mod, "resolve_backend", lambda backend, op, device=None: "compiled")
-    torch.testing.assert_close(csrc.selective_scan(**kw), csrc.selective_scan_reference(**kw))
-    with pytest.raises(ValueError, match="does not exist for cpu tensors"):
-        csrc.selective_scan(**kw, backend="compiled")
+    try:
+        del dispatch._KERNELS["selective_scan"]["cpu"]
+        torch.testing.assert_close(csrc.selective_scan(**kw), csrc.selective_scan_reference(**kw))
+        with pytest.raises(ValueError, match="does not exist for cpu tensors"):
+            csrc.selective_scan(**kw, backend="compiled")
+    finally:
+        dispatch.register(cpu)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import dataclasses
+
 import csrc
+from csrc import dispatch
 from _kernel_helpers import (
     WKV_STATE_TOL,
     WKV_TOL as TOL,
@@ -172,8 +175,9 @@ def test_reverse_by_flipped_copies_for_kernels_without_it(monkeypatch):
     x = _inputs(2, 37, 3, 64, seed=10)
     s0 = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(11)) * 0.1
     y, s = csrc.wkv7(*x, state=s0, return_state=True, backend="compiled", reverse=True)
-    monkeypatch.setitem(wkv7_module._REVERSE_IN_KERNEL, "cpu", False)
-    y_flip, s_flip = csrc.wkv7(*x, state=s0, return_state=True, backend="compiled", reverse=True)
+    cpu = dispatch.kernel_for("wkv7", "cpu")
+    with dispatch.registered(dataclasses.replace(cpu, reverse=False)):
+        y_flip, s_flip = csrc.wkv7(*x, state=s0, return_state=True, backend="compiled", reverse=True)
     torch.testing.assert_close(y_flip, y, atol=0, rtol=0)
     torch.testing.assert_close(s_flip, s, atol=0, rtol=0)
 

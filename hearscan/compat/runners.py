@@ -86,9 +86,9 @@ class _Tail:
 
 def resolve_module(module: str) -> str:
     """`logmel` -> `hear_modules.logmel` for hearscan's own modules; other names unchanged."""
-    from hear_modules import MODULES
+    from hear_modules import registry
 
-    return f"hear_modules.{module}" if module in MODULES else module
+    return registry.module_name(module)
 
 
 def _check_module(module: str) -> None:
