@@ -46,6 +46,7 @@ from torch import nn
 
 from hear_modules._audio import check_audio_batch
 from hear_modules._checkpoint import load_strict, read_checkpoint
+from hear_modules._layers import PatchEmbed, sincos_2d
 from hear_modules._options import Option, common, parse_options, positive_int, warn_random_weights
 from hearscan.errors import CheckpointError, UserFacingError
 
@@ -192,24 +193,12 @@ class LogMelFrontend(nn.Module):
 
 
 def sincos_positions(dim: int, grid_t: int, grid_f: int = GRID_F) -> torch.Tensor:
-    """The MAE-style 2-D sin-cos table the official code builds: (1, 1 + grid_t * grid_f, dim).
+    """The MAE-style 2-D sin-cos table the official code builds: (1, 1 + grid_t * grid_f, dim), in float32.
 
     Row 0 (CLS) is zero; token n = t * grid_f + f; the first dim/2 values encode f, the last dim/2 t.
     """
-    def one_d(pos, d):  # float32 throughout, as the official numpy code
-        omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float32) / (d / 2))
-        out = pos[:, None] * omega[None]
-        return torch.cat([out.sin(), out.cos()], dim=1)
-
-    t, f = torch.meshgrid(torch.arange(grid_t, dtype=torch.float32), torch.arange(grid_f, dtype=torch.float32), indexing="ij")
-    table = torch.cat([one_d(f.reshape(-1), dim // 2), one_d(t.reshape(-1), dim // 2)], dim=1)
-    return torch.cat([table.new_zeros(1, dim), table]).float()[None]
-
-
-class PatchEmbed(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.proj = nn.Conv2d(1, dim, kernel_size=(PATCH_T, PATCH_F), stride=(PATCH_T, PATCH_F))
+    table = sincos_2d(dim, grid_t, grid_f, first="col")
+    return torch.cat([table.new_zeros(1, dim), table])[None]
 
 
 class ChunkEncoder(nn.Module):
@@ -222,7 +211,7 @@ class ChunkEncoder(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.dim = dim
-        self.patch_embed = PatchEmbed(dim)
+        self.patch_embed = PatchEmbed(1, dim, (PATCH_T, PATCH_F))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(sincos_positions(dim, CHUNK_FRAMES // PATCH_T), requires_grad=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -353,7 +342,7 @@ OPTIONS = common(tuple(WIDTHS)) + [
 
 
 def build_wrapper(family: str, make_encoder, config_fn, model_file_path: str, options: dict,
-                  ops: tuple[str, ...] = ()) -> OfficialWrapper:
+                  ops: tuple[str, ...] = (), checkpoint_filter_fn=lambda state: state) -> OfficialWrapper:
     """Shared `load_model`: options, checkpoint resolution, strict load, random-init warning."""
     opts = parse_options(family, options, OPTIONS, ops=ops)
     size = opts["size"]
@@ -364,7 +353,7 @@ def build_wrapper(family: str, make_encoder, config_fn, model_file_path: str, op
         encoder.init_random(torch.Generator().manual_seed(0))
         warn_random_weights(family, f"NO WEIGHTS GIVEN - {size}", f"Pass the official weights folder, or set ${ENV_MODEL_DIR}.")
     else:
-        state = read_official_state_dict(ckpt)
+        state = checkpoint_filter_fn(read_official_state_dict(ckpt))
         config = config_fn(state, str(ckpt))
         if size is not None and WIDTHS[size] != config["dim"]:
             inferred = {v: k for k, v in WIDTHS.items()}.get(config["dim"], f"width {config['dim']}")

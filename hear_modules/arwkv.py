@@ -54,6 +54,9 @@ from hear_modules._audio import check_audio_batch
 from hear_modules._checkpoint import load_strict, read_checkpoint, strip_prefix
 from hear_modules._frontend import kaldi_fbank
 from hear_modules._options import common, parse_options, warn_random_weights
+from hear_modules._windows import (
+    batch_timestamps, column_centres_ms, merge_columns, run_in_batches, timestamps_inside, window_starts,
+)
 from hearscan.errors import CheckpointError, UserFacingError
 
 SAMPLE_RATE = 16000
@@ -69,8 +72,6 @@ HEAD_SIZE = 64
 DEPTH = 12
 NUM_CLASSES = 527
 SIZES = {"tiny": 192, "small": 384, "base": 768}
-TIMESTAMP_HOP_MS = PATCH * FRAME_SHIFT_MS  # 160 ms
-FIRST_TIMESTAMP_MS = (PATCH - 1) * FRAME_SHIFT_MS / 2 + FRAME_LENGTH_MS / 2  # 87.5 ms: centre of patch 0
 WINDOW_BATCH = 16  # windows per backbone call: bounds memory on long clips
 FBANK_BLOCK_FRAMES = 3000  # fbank frames computed at once (30 s): bounds the frontend's memory
 
@@ -269,11 +270,7 @@ class AudioRWKV(nn.Module):
     def window_starts(self, n_frames: int) -> list[int]:
         """Start frames of the native windows for a clip of `n_frames` (see the module docstring)."""
         L = self.target_frames
-        if n_frames <= max(OFFICIAL_MAX_FRAMES, L):
-            return [0]
-        K = math.ceil(n_frames / L)
-        last = PATCH * math.ceil((n_frames - L) / PATCH)
-        return [L * k for k in range(K - 1)] + [last]
+        return window_starts(n_frames, L, last="end", align=PATCH, single_up_to=max(OFFICIAL_MAX_FRAMES, L))
 
     def windows(self, fb: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         """(B, F, 128) log fbank -> normalised windows (B, K, L, 128) with official zero padding/cut."""
@@ -300,31 +297,13 @@ class AudioRWKV(nn.Module):
         """Official forward: normalised fbank (B, L, 128) -> logits."""
         return self.head(self.ln_out(self.tokens(x).mean(dim=1)))
 
-    def token_grid(self, audio: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Audio (B, N) -> (token grid (B, P, grid_f, C) over the clip's time patches, n_frames)."""
-        audio = audio.to(self.device)
-        fb = self.log_fbank(audio)
-        n_frames = fb.shape[1]
+    def token_grid(self, audio: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """Audio (B, N) -> (token grid (B, P, grid_f, C) over the clip's time patches, their first frames)."""
+        fb = self.log_fbank(audio.to(self.device))
         wins, starts = self.windows(fb)
         B, K = wins.shape[:2]
-        flat = wins.flatten(0, 1)
-        toks = torch.cat([self.tokens(flat[i:i + WINDOW_BATCH]) for i in range(0, flat.shape[0], WINDOW_BATCH)])
-        gt, gf = self.cfg.grid_t, self.cfg.grid_f
-        toks = toks.view(B, K, gt, gf, -1)
-        if K == 1:
-            return toks[:, 0], n_frames
-        # back-to-back windows, then the tail of the last (overlapping) window
-        grid = [toks[:, k] for k in range(K - 1)]
-        first_new = (K - 1) * gt - starts[-1] // PATCH  # patches of the last window already covered
-        grid.append(toks[:, K - 1, first_new:])
-        return torch.cat(grid, dim=1), n_frames
-
-
-def _n_timestamps(n_samples: int, n_patches: int) -> int:
-    """Patches whose centre lies inside the clip (at least one)."""
-    duration_ms = 1000.0 * n_samples / SAMPLE_RATE
-    n = math.floor((duration_ms - FIRST_TIMESTAMP_MS) / TIMESTAMP_HOP_MS) + 1
-    return max(1, min(n, n_patches))
+        toks = run_in_batches(self.tokens, wins.flatten(0, 1), WINDOW_BATCH)
+        return merge_columns(toks.view(B, K, self.cfg.grid_t, self.cfg.grid_f, -1), starts, PATCH)
 
 
 def get_scene_embeddings(audio: torch.Tensor, model: AudioRWKV) -> torch.Tensor:
@@ -338,15 +317,10 @@ def get_scene_embeddings(audio: torch.Tensor, model: AudioRWKV) -> torch.Tensor:
 def get_timestamp_embeddings(audio: torch.Tensor, model: AudioRWKV):
     audio = check_audio_batch(audio, "arwkv")
     with torch.no_grad():
-        grid, _ = model.token_grid(audio)
-        n = _n_timestamps(audio.shape[1], grid.shape[1])
-        emb = model.ln_out(grid[:, :n].mean(dim=2)).float()
-    duration_ms = 1000.0 * audio.shape[1] / SAMPLE_RATE
-    ts = FIRST_TIMESTAMP_MS + TIMESTAMP_HOP_MS * torch.arange(n, dtype=torch.float64)
-    if n == 1 and ts[0] > duration_ms:  # clip shorter than half a patch: stamp its middle
-        ts[0] = duration_ms / 2
-    ts = ts.float()[None].expand(audio.shape[0], n).to(emb.device).contiguous()
-    return emb, ts
+        grid, first_frames = model.token_grid(audio)
+        ts = timestamps_inside(column_centres_ms(first_frames, PATCH), audio.shape[1], SAMPLE_RATE)
+        emb = model.ln_out(grid[:, :len(ts)].mean(dim=2)).float()
+    return emb, batch_timestamps(ts, audio.shape[0], emb.device)
 
 
 # --- loading ----------------------------------------------------------------------------------------

@@ -61,7 +61,9 @@ import csrc
 from hear_modules._audio import check_audio_batch
 from hear_modules._checkpoint import load_strict, read_checkpoint, strip_prefix
 from hear_modules._frontend import kaldi_fbank
+from hear_modules._layers import PatchEmbed, RMSNorm
 from hear_modules._options import Option, common, parse_options, warn_random_weights
+from hear_modules._windows import batch_timestamps, column_centres_ms, run_in_batches, timestamps_inside, window_starts
 from hearscan.errors import CheckpointError, UserFacingError
 
 SAMPLE_RATE = 16000
@@ -72,8 +74,6 @@ GRID_F, GRID_T = NUM_MEL_BINS // PATCH, TARGET_FRAMES // PATCH  # 8 x 64
 NUM_PATCHES = GRID_F * GRID_T  # 512
 CLS_POSITION = NUM_PATCHES // 2  # 256
 FRAME_SAMPLES, HOP_SAMPLES = 400, 160  # Kaldi's 25 ms window, 10 ms shift at 16 kHz
-TIMESTAMP_HOP_MS = PATCH * 10.0  # one patch column = 16 frames = 160 ms
-TIMESTAMP_OFFSET_MS = (PATCH - 1) / 2 * 10.0 + 12.5  # centre of frames 16g..16g+15 = 87.5 ms
 WINDOW_BATCH = 16  # windows per forward pass: bounds memory on hour-long recordings
 
 NORM_STATS = {  # (mean, std) of the training set's fbank, from the official recipes
@@ -89,30 +89,6 @@ BIBI_ONLY = ("D_b", "conv1d_b.weight", "conv1d_b.bias", "x_proj_b.weight", "dt_p
 
 
 # ----------------------------------------------------------------------------------------------- network
-class RMSNorm(nn.Module):
-    """RMSNorm of the official fused add+norm path, computed in fp32 (eps 1e-5, no bias)."""
-
-    def __init__(self, dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-        x = x.float()
-        y = x * torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + self.eps) * self.weight.float()
-        return y.to(out_dtype)
-
-
-class PatchEmbed(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.proj = nn.Conv2d(1, dim, PATCH, stride=PATCH)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, 128 freq, 1024 time) -> (B, 512, D), frequency-major (token j = f * 64 + t)."""
-        return self.proj(x).flatten(2).transpose(1, 2)
-
-
 class PosEmbed(nn.Module):
     """Holds `pos_embed` (1, 513, D) whose row 0 belongs to the class token (official key layout)."""
 
@@ -235,7 +211,7 @@ class AudioMamba(nn.Module):
         self.norm_mean, self.norm_std = NORM_STATS[norm]
         self.scene_embedding_size = self.timestamp_embedding_size = dim
         dt_rank = dt_rank or math.ceil(dim / 16)
-        self.patch_embed = PatchEmbed(dim)
+        self.patch_embed = PatchEmbed(1, dim, PATCH)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = PosEmbed(dim)
         self.layers = nn.ModuleList(
@@ -283,10 +259,10 @@ class AudioMamba(nn.Module):
     def embed(self, audio: torch.Tensor):
         """(B, N) waveform -> (scene (B, D), columns (B, W * 64, D), n_frames) over 1024-frame windows."""
         n_frames = 1 + (audio.shape[1] - FRAME_SAMPLES) // HOP_SAMPLES  # equal for every clip of a batch
-        n_windows = max(1, math.ceil(n_frames / TARGET_FRAMES))
+        n_windows = len(window_starts(n_frames, TARGET_FRAMES, last="pad"))
         fb, _ = self.fbank(audio, n_windows * TARGET_FRAMES)
         windows = fb.reshape(audio.shape[0] * n_windows, TARGET_FRAMES, NUM_MEL_BINS)
-        tokens = torch.cat([self.forward_tokens(chunk) for chunk in windows.split(WINDOW_BATCH)])
+        tokens = run_in_batches(self.forward_tokens, windows, WINDOW_BATCH)
         tokens = tokens.view(audio.shape[0], n_windows, NUM_PATCHES + 1, -1)
         real = torch.clamp(n_frames - TARGET_FRAMES * torch.arange(n_windows), max=TARGET_FRAMES).float()
         weights = (real / real.sum()).to(tokens.device)
@@ -294,15 +270,6 @@ class AudioMamba(nn.Module):
         patches = torch.cat([tokens[:, :, :CLS_POSITION], tokens[:, :, CLS_POSITION + 1:]], dim=2)
         columns = patches.view(audio.shape[0], n_windows, GRID_F, GRID_T, -1).mean(dim=2)  # pool frequency
         return scene, columns.flatten(1, 2), n_frames
-
-
-def _column_timestamps(n_samples: int) -> torch.Tensor:
-    """Centres of the patch columns that lie inside the clip (at least one), in ms."""
-    duration_ms = n_samples / SAMPLE_RATE * 1000.0
-    n = math.floor((duration_ms - TIMESTAMP_OFFSET_MS) / TIMESTAMP_HOP_MS) + 1
-    if n < 1:
-        return torch.tensor([duration_ms / 2], dtype=torch.float64)
-    return TIMESTAMP_OFFSET_MS + TIMESTAMP_HOP_MS * torch.arange(n, dtype=torch.float64)
 
 
 # ------------------------------------------------------------------------------------------------ HEAR API
@@ -317,10 +284,10 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: AudioMamba):
     audio = check_audio_batch(audio, "aum")
     with torch.no_grad():
         _, columns, _ = model.embed(audio)
-    ts = _column_timestamps(audio.shape[1])
+    centres = column_centres_ms([PATCH * g for g in range(columns.shape[1])], PATCH)
+    ts = timestamps_inside(centres, audio.shape[1], SAMPLE_RATE)
     emb = columns[:, : len(ts)].float().contiguous()
-    timestamps = ts.float()[None].expand(audio.shape[0], -1).to(emb.device).contiguous()
-    return emb, timestamps
+    return emb, batch_timestamps(ts, audio.shape[0], emb.device)
 
 
 # ----------------------------------------------------------------------------------------------- loading

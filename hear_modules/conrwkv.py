@@ -46,6 +46,7 @@ from hear_modules._audio import check_audio_batch
 from hear_modules._checkpoint import load_strict, read_checkpoint, strip_prefix
 from hear_modules._frontend import kaldi_fbank
 from hear_modules._options import common, parse_options, warn_random_weights
+from hear_modules._windows import batch_timestamps, column_centres_ms, timestamps_inside
 from hearscan.errors import CheckpointError, UserFacingError
 
 SAMPLE_RATE = 16000
@@ -60,8 +61,6 @@ HEAD_SIZE = 64
 CONV_KERNEL = 5
 SIZES = {"tiny": 192, "small": 384, "base": 768}
 DEPTH = 12
-TIMESTAMP_HOP_MS = PATCH_FRAMES * FRAME_SHIFT_MS  # 40 ms
-FIRST_TIMESTAMP_MS = (PATCH_FRAMES - 1) * FRAME_SHIFT_MS / 2 + FRAME_LENGTH_MS / 2  # 27.5 ms
 
 
 
@@ -216,11 +215,6 @@ class ConRWKV(nn.Module):
         return x
 
 
-def _n_timestamps(n_samples: int, n_tokens: int) -> int:
-    duration_ms = 1000.0 * n_samples / SAMPLE_RATE
-    return max(1, min(n_tokens, math.floor((duration_ms - FIRST_TIMESTAMP_MS) / TIMESTAMP_HOP_MS) + 1))
-
-
 def get_scene_embeddings(audio: torch.Tensor, model: ConRWKV) -> torch.Tensor:
     audio = check_audio_batch(audio, "conrwkv").to(model.device)
     with torch.no_grad():
@@ -231,13 +225,11 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: ConRWKV):
     audio = check_audio_batch(audio, "conrwkv").to(model.device)
     with torch.no_grad():
         tokens = model.tokens(model.fbank(audio))
-        n = _n_timestamps(audio.shape[1], tokens.shape[1])
-        emb = model.ln_out(tokens[:, :n]).float()
-    duration_ms = 1000.0 * audio.shape[1] / SAMPLE_RATE
-    ts = FIRST_TIMESTAMP_MS + TIMESTAMP_HOP_MS * torch.arange(n, dtype=torch.float64)
-    if n == 1 and ts[0] > duration_ms:
-        ts[0] = duration_ms / 2
-    return emb, ts.float()[None].expand(audio.shape[0], n).to(emb.device).contiguous()
+        patch = model.cfg.patch_frames
+        centres = column_centres_ms([patch * p for p in range(tokens.shape[1])], patch)
+        ts = timestamps_inside(centres, audio.shape[1], SAMPLE_RATE)
+        emb = model.ln_out(tokens[:, :len(ts)]).float()
+    return emb, batch_timestamps(ts, audio.shape[0], emb.device)
 
 
 # --- loading ----------------------------------------------------------------------------------------

@@ -37,13 +37,16 @@ import re
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hear_modules._audio import check_audio_batch
 from hear_modules._checkpoint import load_strict, read_checkpoint
 from hear_modules._frontend import kaldi_fbank
+from hear_modules._layers import Block, PatchEmbed, sincos_2d
 from hear_modules._options import Option, common, parse_options, positive_int, warn_random_weights
+from hear_modules._windows import (
+    batch_timestamps, column_centres_ms, merge_columns, run_in_batches, timestamps_inside, window_starts,
+)
 from hearscan.errors import CheckpointError, UserFacingError
 
 SAMPLE_RATE = 16000
@@ -58,58 +61,10 @@ SIZES = {"base": 768}
 
 
 
-class PatchEmbed(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.proj = nn.Conv2d(3, dim, PATCH, stride=PATCH)
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(dh)) v, as timm's Attention
-        return self.proj(y.transpose(1, 2).reshape(B, N, C))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, hidden: int):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, hidden)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
 def sincos_positions(dim: int) -> torch.Tensor:
-    """EquiAV's fixed table for the random-weights default (checkpoints carry their own)."""
-    def one_d(pos, d):
-        omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d / 2))
-        out = pos[:, None] * omega[None]
-        return torch.cat([out.sin(), out.cos()], dim=1)
-
-    f, t = torch.meshgrid(torch.arange(GRID_F, dtype=torch.float64), torch.arange(GRID_T, dtype=torch.float64), indexing="ij")
-    return torch.cat([one_d(f.reshape(-1), dim // 2), one_d(t.reshape(-1), dim // 2)], dim=1).float()[None]
+    """EquiAV's fixed table for the random-weights default (checkpoints carry their own): frequency-major,
+    the first half encoding the band, computed in float64."""
+    return sincos_2d(dim, GRID_F, GRID_T, first="row", dtype=torch.float64)[None]
 
 
 class EquiAVAudio(nn.Module):
@@ -121,7 +76,7 @@ class EquiAVAudio(nn.Module):
                  head: list[int] | None = None, head_type: str = "linear"):
         super().__init__()
         self.dim = dim
-        self.patch_embed_a = PatchEmbed(dim)
+        self.patch_embed_a = PatchEmbed(3, dim, PATCH)
         self.pos_embed_a = nn.Parameter(sincos_positions(dim), requires_grad=False)
         self.modality_a = nn.Parameter(torch.zeros(1, 1, dim))
         self.blocks_a = nn.ModuleList(Block(dim, max(1, dim // HEAD_DIM), hidden or 4 * dim) for _ in range(depth))
@@ -147,7 +102,7 @@ class EquiAVAudio(nn.Module):
     def tokens(self, fbank: torch.Tensor) -> torch.Tensor:
         """(N, 1024, 128) -> (N, 512, D) `norm_a` tokens, frequency-major."""
         x = fbank.to(self.compute_dtype)[:, None].expand(-1, 3, -1, -1).transpose(2, 3)  # (N, 3, 128, 1024)
-        x = self.patch_embed_a.proj(x).flatten(2).transpose(1, 2)
+        x = self.patch_embed_a(x)
         x = x + self.pos_embed_a + self.modality_a
         for block in self.blocks_a:
             x = block(x)
@@ -177,35 +132,21 @@ class EquiAVAudio(nn.Module):
         B = fb.shape[0]
         starts = windows(n_frames)
         batch = torch.stack([fb[:, s:s + TARGET_FRAMES] for s in starts], dim=1).flatten(0, 1)  # (B * W, 1024, 128)
-        toks = torch.cat([self.tokens(batch[i:i + self.chunk_batch]).float()
-                          for i in range(0, batch.shape[0], self.chunk_batch)])
+        toks = run_in_batches(lambda x: self.tokens(x).float(), batch, self.chunk_batch)
         toks = toks.unflatten(0, (B, len(starts)))  # (B, W, 512, D)
         scene = toks.mean(dim=2).mean(dim=1)
         columns = toks.unflatten(2, (GRID_F, GRID_T)).mean(dim=2)  # (B, W, 64, D): pooled over bands
-        duration_ms = audio.shape[1] / SAMPLE_RATE * 1000.0
-        frames, stamps, covered = [], [], 0
-        for w, s in enumerate(starts):
-            for c in range(GRID_T):
-                first = s + c * PATCH
-                # Kaldi frame i is centred at 10 i + 12.5 ms; a column spans 16 frames
-                centre = 10.0 * (first + (PATCH - 1) / 2) + 12.5
-                if first < covered or first >= n_frames or centre > duration_ms:
-                    continue  # already covered by the previous window, or (mostly) padding
-                frames.append(columns[:, w, c])
-                stamps.append(centre)
-            covered = s + TARGET_FRAMES
-        emb = torch.stack(frames, dim=1)
-        ts = torch.tensor(stamps, dtype=torch.float64).float()[None].expand(B, -1).contiguous().to(emb.device)
+        columns, first_frames = merge_columns(columns, starts, PATCH)
+        ts = timestamps_inside(column_centres_ms(first_frames, PATCH), audio.shape[1], SAMPLE_RATE)
+        emb = columns[:, :len(ts)].contiguous()
+        ts = batch_timestamps(ts, B, emb.device)
         return emb, ts, scene
 
 
 def windows(n_frames: int) -> list[int]:
     """Start frames of the 1024-frame windows: one (padded) window up to 1024 frames, else
     consecutive windows with the last one aligned to the clip's end."""
-    if n_frames <= TARGET_FRAMES:
-        return [0]
-    starts = list(range(0, n_frames - TARGET_FRAMES, TARGET_FRAMES))
-    return starts + [n_frames - TARGET_FRAMES]
+    return window_starts(n_frames, TARGET_FRAMES, last="end")
 
 
 def unused_official_keys(depth: int) -> list[str]:

@@ -15,52 +15,14 @@ patch centres (40 t + 15 ms).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hear_modules import _ast_wrapper as wrapper
+from hear_modules._layers import Block
 from hearscan.errors import CheckpointError
 
 HEAD_DIM = 64  # official configs: tiny 3, small 6, base 12 heads = D / 64
 
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv_layer = nn.Linear(dim, 3 * dim)
-        self.proj_layer = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        q, k, v = self.qkv_layer(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        # softmax(q k^T / sqrt(dh)) v, as the official explicit form; SDPA keeps long chunks in memory
-        y = F.scaled_dot_product_attention(q, k, v)
-        return self.proj_layer(y.transpose(1, 2).reshape(B, N, C))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.layer1 = nn.Linear(dim, hidden)
-        self.layer2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer2(F.gelu(self.layer1(x)))
-
-
-class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, hidden: int):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, hidden)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
 
 
 class SSASTEncoder(wrapper.ChunkEncoder):
@@ -68,14 +30,29 @@ class SSASTEncoder(wrapper.ChunkEncoder):
         super().__init__(dim)
         heads = heads or max(1, dim // HEAD_DIM)
         hidden = hidden or 4 * dim
-        self.blocks = nn.ModuleList(Block(dim, heads, hidden) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(dim, heads, hidden, eps=1e-6) for _ in range(depth))
+
+
+# the official ViT's parameter names -> the shared layers' (timm's)
+_RENAMES = (("attn.qkv_layer.", "attn.qkv."), ("attn.proj_layer.", "attn.proj."), ("mlp.layer1.", "mlp.fc1."),
+            ("mlp.layer2.", "mlp.fc2."))
+
+
+def checkpoint_filter_fn(state: dict) -> dict:
+    """The official SSAST keys on the shared layers: qkv_layer/proj_layer -> qkv/proj, layer1/2 -> fc1/2."""
+    out = {}
+    for key, value in state.items():
+        for old, new in _RENAMES:
+            key = key.replace(old, new)
+        out[key] = value
+    return out
 
 
 def config_from_state_dict(state: dict, source: str) -> dict:
     config = wrapper.common_config_from_state_dict(state, source)
     if "blocks.0.layer.proj_up.weight" in state:
         raise CheckpointError(f"{source} is an AxLSTM checkpoint: load it with hear_modules.axlstm")
-    key = "blocks.0.mlp.layer1.weight"
+    key = "blocks.0.mlp.fc1.weight"
     if key not in state:
         raise CheckpointError(f"{source} has no {key}: not an SSAST checkpoint")
     config["hidden"] = state[key].shape[0]
@@ -91,7 +68,8 @@ def _make_encoder(config: dict, options: dict) -> SSASTEncoder:
 def load_model(model_file_path: str = "", **options) -> wrapper.OfficialWrapper:
     """Options: size (tiny/small/base), device, dtype, scan_backend (accepted for uniformity: SSAST
     has no scan), arrangement (official/time), chunk_frames (200 = official), chunk_batch."""
-    return wrapper.build_wrapper("ssast", _make_encoder, config_from_state_dict, model_file_path, options)
+    return wrapper.build_wrapper("ssast", _make_encoder, config_from_state_dict, model_file_path, options,
+                                 checkpoint_filter_fn=checkpoint_filter_fn)
 
 
 def get_timestamp_embeddings(audio: torch.Tensor, model: wrapper.OfficialWrapper):
