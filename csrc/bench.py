@@ -354,7 +354,7 @@ def _scaling_line(res: dict) -> str:
 def run(args) -> int:
     import torch
 
-    from hearscan.errors import UserFacingError
+    from hearscan_core.errors import UserFacingError
 
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
     unknown = [o for o in ops if o not in OPS]
@@ -395,7 +395,7 @@ def _gpu_warmup(seconds: float = 2.0) -> None:
 def run_cuda(args, ops: list[str], dtype, log) -> int:
     import torch
 
-    from hearscan.errors import UserFacingError
+    from hearscan_core.errors import UserFacingError
 
     if not torch.cuda.is_available():
         raise UserFacingError(

@@ -72,7 +72,7 @@ def parse_ggml(stdout: str, stderr: str) -> list[dict]:
 
 
 def run_ggml(binary: str, op: str, threads: int) -> list[dict]:
-    from hearscan.errors import UserFacingError
+    from hearscan_core.errors import UserFacingError
 
     env = {**os.environ, "HS_THREADS": str(threads)}
     proc = subprocess.run([binary, "perf", "-o", op, "-b", "CPU"], capture_output=True, text=True, env=env)
@@ -113,7 +113,7 @@ def time_ours(op: str, row: dict, threads: int, cpu_time: bool) -> float:
 
 def run(args) -> int:
     from csrc.bench import torch_threads
-    from hearscan.errors import UserFacingError
+    from hearscan_core.errors import UserFacingError
 
     binary = str(Path(args.binary).expanduser())
     if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):

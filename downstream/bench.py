@@ -36,7 +36,7 @@ def _scores(out: Path, protocol: str) -> list[float]:
 
 
 def bench(args) -> int:
-    from downstream.embeddings import find_task_dirs
+    from formats.embeddings import find_task_dirs
     from downstream.synthetic import write_synthetic_task
 
     work = Path(tempfile.mkdtemp(prefix="hearscan-bench-probe-"))

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 
 def _probe(args) -> int:
-    from downstream.probe import parse_seeds, run_probe
+    from downstream.probe import run_probe
+    from hearscan_core.seeds import parse_seeds
 
     run_probe(
         args.embeddings, parse_seeds(args.seeds), protocol=args.protocol, out=args.out,

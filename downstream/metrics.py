@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 # metric name -> whether the batched form exists (scene metrics); event metrics need post-processing

@@ -26,8 +26,6 @@ Linear-probe protocol, fold by fold (heareval's semantics: `embeddings.data_spli
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -37,94 +35,15 @@ import torch
 from tqdm.auto import tqdm
 
 from downstream import metrics
-from downstream.embeddings import TaskEmbeddings, data_splits, find_task_dirs, load_task
 from downstream.linear import GridPoint, ProbeSettings, loss_per_model, train_linear
-from feature_extract.seeds import make_seed_view
-from hearscan.errors import UserFacingError
+from formats.embeddings import TaskEmbeddings, data_splits, find_task_dirs, load_task, make_seed_view
+from formats.predictions import (
+    PROBE_FILE, SCORES_FILE, aggregate_folds, headline_score, is_done, seed_dir, write_seed_dir,
+)
+from hearscan_core.errors import UserFacingError
+from hearscan_core.files import fresh_temp_dir, publish_dir
 
 PROTOCOLS = ("linear", "heareval", "heareval-fork")
-SCORES_FILE = "test.predicted-scores.json"
-PROBE_FILE = "probe.json"
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'0-9' -> [0..9]; '0,3,5' -> [0, 3, 5]; '4' -> [4]."""
-    seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part:
-                lo, hi = (int(v) for v in part.split("-", 1))
-                if hi < lo:
-                    raise ValueError
-                seeds.extend(range(lo, hi + 1))
-            elif part:
-                seeds.append(int(part))
-    except ValueError:
-        raise UserFacingError(f"--seeds {text!r}: use a range like 0-9, a list like 0,3,5, or one number") from None
-    if not seeds or min(seeds) < 0:
-        raise UserFacingError(f"--seeds {text!r}: give at least one non-negative seed")
-    return sorted(dict.fromkeys(seeds))
-
-
-def seed_dir(out_root: Path, module: str, task: str, protocol: str, seed: int) -> Path:
-    return Path(out_root) / module / task / protocol / f"seed-{seed:02d}"
-
-
-def is_done(path: Path) -> bool:
-    return (path / SCORES_FILE).is_file() and (path / PROBE_FILE).is_file()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def _fresh_temp(final: Path) -> Path:
-    """This process's temporary sibling of `final`, empty.  Siblings left by killed runs (their process is
-    gone) are removed on the way: an interrupted heareval run leaves a `.seed-NN.tmp-PID` folder of links
-    and logs behind."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{final.name}.tmp-"
-    for stale in final.parent.glob(prefix + "*"):
-        pid = stale.name[len(prefix):]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = final.with_name(f"{prefix}{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    return tmp
-
-
-def _write_seed_dir(final: Path, files: dict[str, object]) -> None:
-    """Write JSON files into a temporary sibling, then rename it to `final` (nothing half-written)."""
-    tmp = _fresh_temp(final)
-    tmp.mkdir()
-    for name, obj in files.items():
-        (tmp / name).write_text(json.dumps(obj, indent=4))
-    if final.exists():  # an incomplete directory from an older run
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-
-
-def aggregate_folds(results: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Mean and standard deviation (pandas, ddof=1) of every key over folds: heareval's
-    `aggregate_test_results`.  A fold with a perfect AUC has d' = inf, so the mean is inf and the
-    standard deviation NaN, as in heareval; numpy's "invalid value" warning on the way is silenced."""
-    import pandas as pd
-
-    df = pd.DataFrame.from_dict(results, orient="index")
-    out = {}
-    with np.errstate(invalid="ignore"):
-        for key in df:
-            out[f"{key}_mean"] = float(df[key].mean())
-            out[f"{key}_std"] = float(df[key].std())
-    return out
 
 
 # --- the linear protocol ---------------------------------------------------------------------------------
@@ -291,7 +210,7 @@ def probe_linear(task: TaskEmbeddings, seeds: list[int], settings: ProbeSettings
             "seed": s,
             "primary_metric": meta["evaluation"][0],
             "score_mode": "max" if maximize else "min",
-            "test_score": _headline(results),
+            "test_score": headline_score(results),
             "chance_level": chance_level,
             "chance_level_by_fold": chance,
             "chosen": {**chosen[s].as_dict(), "postprocessing": chosen_pp[s]},
@@ -319,15 +238,6 @@ def _chance_score(task, scores, scorer, y_train, test_names, n_test) -> float:
     return 0.0 if np.isnan(value) else value
 
 
-def _headline(results: dict) -> float:
-    """The number the seed papers report: `aggregated_scores.test_score_mean` for fold tasks, else
-    `test.test_score`."""
-    if "aggregated_scores" in results:
-        return float(results["aggregated_scores"]["test_score_mean"])
-    folds = [k for k, v in results.items() if isinstance(v, dict) and "test_score" in v]
-    return float(results[folds[0]]["test_score"])
-
-
 # --- heareval's runner, once per seed ---------------------------------------------------------------------
 
 def probe_heareval(
@@ -344,7 +254,7 @@ def probe_heareval(
             "which this installation lacks; use --protocol linear"
         ) from None
     grid = "fork" if protocol == "heareval-fork" else "default"
-    work = _fresh_temp(final)
+    work = fresh_temp_dir(final)
     make_seed_view(task_dir, work)  # links to the embedding files: nothing copied, the original untouched
     t0 = time.time()
     run_predictions([work], seed=seed, grid=grid, grid_points=grid_points, grid_overrides=grid_overrides, verbose=verbose)
@@ -360,7 +270,7 @@ def probe_heareval(
         "seed": seed,
         "primary_metric": meta["evaluation"][0],
         "score_mode": results.get("score_mode", "max"),
-        "test_score": _headline(results),
+        "test_score": headline_score(results),
         "grid": grid,
         "grid_points": grid_points,
         "grid_overrides": grid_overrides or {},
@@ -368,9 +278,7 @@ def probe_heareval(
         "embedding_path": str(task_dir),
     }
     (work / PROBE_FILE).write_text(json.dumps(note, indent=4))
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(work, final)
+    publish_dir(work, final)
 
 
 # --- driver ------------------------------------------------------------------------------------------------
@@ -405,7 +313,7 @@ def run_probe(
             if todo:
                 task = load_task(task_dir)
                 for s, (results, note) in probe_linear(task, todo, settings).items():
-                    _write_seed_dir(seed_dir(out, module, name, protocol, s), {SCORES_FILE: results, PROBE_FILE: note})
+                    write_seed_dir(seed_dir(out, module, name, protocol, s), {SCORES_FILE: results, PROBE_FILE: note})
         else:
             for s in tqdm(todo, desc=f"{name} seeds", disable=quiet):
                 load_task(task_dir)  # the same input checks before heareval's bare asserts

@@ -26,96 +26,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from hearscan.errors import UserFacingError
-
-SCORES_FILE = "test.predicted-scores.json"
-PROBE_FILE = "probe.json"
-_SEED_RE = re.compile(r"seed[-_]?(\d+)$")
-
-
-@dataclass
-class Run:
-    protocol: str
-    module: str
-    task: str
-    seed: int | None
-    score: float
-    metric: str
-    score_mode: str
-    metrics: dict[str, float]  # every test metric (fold mean for fold tasks)
-    chance: float | None
-    path: Path
-
-
-def headline(results: dict) -> float:
-    if "aggregated_scores" in results:
-        return float(results["aggregated_scores"]["test_score_mean"])
-    folds = [v for v in results.values() if isinstance(v, dict) and "test_score" in v]
-    if len(folds) != 1:
-        raise ValueError("no test fold")
-    return float(folds[0]["test_score"])
-
-
-def _all_metrics(results: dict) -> dict[str, float]:
-    if "aggregated_scores" in results:
-        agg = results["aggregated_scores"]
-        return {k[5:-5]: float(v) for k, v in agg.items() if k.startswith("test_") and k.endswith("_mean")}
-    fold = next(v for v in results.values() if isinstance(v, dict) and "test_score" in v)
-    return {k[5:]: float(v) for k, v in fold.items() if k.startswith("test_")}
-
-
-def read_run(path: Path) -> Run:
-    """One `test.predicted-scores.json` (and `probe.json` beside it when hearscan wrote it)."""
-    try:
-        results = json.loads(path.read_text())
-        score = headline(results)
-    except (json.JSONDecodeError, ValueError, KeyError, StopIteration) as err:
-        raise UserFacingError(f"{path}: not a heareval score file ({err}); delete it or re-run that seed") from None
-    note_path = path.parent / PROBE_FILE
-    if note_path.is_file():
-        note = json.loads(note_path.read_text())
-        return Run(
-            note["protocol"], note["module"], note["task"], note.get("seed"), score, note.get("primary_metric", "score"),
-            note.get("score_mode", results.get("score_mode", "max")), _all_metrics(results), note.get("chance_level"), path,
-        )
-    # heareval's runner output: <embeddings>/<module>/<task>/test.predicted-scores.json (maybe under seed dirs)
-    parts = list(path.parent.parts)
-    seed = None
-    for i, part in reversed(list(enumerate(parts))):
-        m = _SEED_RE.search(part)
-        if m:
-            seed = int(m.group(1))
-            if i == len(parts) - 1:
-                parts = parts[:-1]  # .../<task>/seed-N/ layout
-            break
-    task, module = parts[-1], parts[-2] if len(parts) > 1 else "?"
-    metric = "score"
-    meta_path = path.parent / "task_metadata.json"
-    if meta_path.is_file():
-        metric = json.loads(meta_path.read_text())["evaluation"][0]
-    return Run("heareval", module, task, seed, score, metric, results.get("score_mode", "max"), _all_metrics(results), None, path)
-
-
-def collect(dirs: list[str | Path]) -> list[Run]:
-    runs = []
-    for d in map(Path, dirs):
-        if d.is_file() and d.name == SCORES_FILE:
-            runs.append(read_run(d))
-            continue
-        if not d.is_dir():
-            raise UserFacingError(f"{d}: no such directory (give the folders `hearscan probe --out` wrote)")
-        found = sorted(p for p in d.rglob(SCORES_FILE) if not any(x.startswith(".") for x in p.relative_to(d).parts))
-        runs.extend(read_run(p) for p in found)
-    if not runs:
-        raise UserFacingError(f"no {SCORES_FILE} under {', '.join(map(str, dirs))}; run `hearscan probe` first")
-    return runs
-
+from formats.predictions import Run, collect
+from hearscan_core.files import atomic_write
 
 def t_halfwidth(values) -> float:
     """95 % Student-t confidence half-width of the mean: t.ppf(0.975, n-1) * std(ddof=1) / sqrt(n)."""
@@ -180,15 +96,6 @@ def overall(rows: list[dict]) -> dict[tuple[str, str], tuple[float, int]]:
 
 
 # --- writers -----------------------------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, text: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if isinstance(text, bytes):
-        tmp.write_bytes(text)
-    else:
-        tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -293,7 +200,7 @@ def _pyplot():
 def _save_figure(fig, path: Path) -> None:
     """Lays the figure out and writes it as PNG under a temporary name, then renames it into place."""
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")  # savefig picks the format by suffix
     fig.savefig(tmp, dpi=110)
     _pyplot().close(fig)
     os.replace(tmp, path)
@@ -433,12 +340,12 @@ def write_results(dirs: list[str | Path], out: str | Path, quiet: bool = False) 
         ("scores_per_seed.csv", seeds_csv(runs)),
         ("summary.json", json.dumps(rows, indent=2)),
     ):
-        _atomic_write(out / name, text)
+        atomic_write(out / name, text)
         written.append(out / name)
     pairs = compare(rows)
     for name, make in (("compare.md", compare_markdown), ("compare.csv", compare_csv)):
         if pairs:
-            _atomic_write(out / name, make(pairs))
+            atomic_write(out / name, make(pairs))
             written.append(out / name)
         else:  # a comparison from an earlier run over other directories would now mislead
             (out / name).unlink(missing_ok=True)

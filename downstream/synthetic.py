@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from downstream.embeddings import write_split, write_task_files
+from formats.embeddings import write_split, write_task_files
 
 HOP_MS = 20.0
 

@@ -36,23 +36,11 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def parse_seeds(text: str) -> list[int]:
-    from hearscan.errors import UserFacingError
-
-    seeds = []
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.partition("-")
-            seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-    except ValueError:
-        raise UserFacingError(f"--seeds {text!r}: use a range like 0-9 or a list like 0,1,2") from None
-    return seeds
-
-
 def run(args) -> int:
     from feature_extract.engine import Extractor, format_summary, warn_default_module
     from feature_extract.modules import WEIGHTS_FREE_DEFAULT, configured_specs, parse_specs
-    from feature_extract.seeds import make_seed_views
+    from formats.embeddings import DONE, make_seed_views
+    from hearscan_core.seeds import parse_seeds
 
     seeds = parse_seeds(args.seeds) if args.seeds else None
     if args.modules:
@@ -70,7 +58,7 @@ def run(args) -> int:
     if seeds:
         for spec in specs:
             for task_dir in sorted((args.out_dir / spec.tag).iterdir()):
-                if (task_dir / ".done.embeddings").exists():
+                if (task_dir / DONE).exists():
                     make_seed_views(task_dir, args.out_dir / "seeds" / spec.tag, seeds)
         print(f"per-seed views for seeds {seeds[0]}..{seeds[-1]} under {args.out_dir / 'seeds'}", file=sys.stderr)
     print(format_summary(stats))

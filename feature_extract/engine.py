@@ -18,9 +18,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import pickle
 import platform
-import random
 import shutil
 import sys
 import time
@@ -31,15 +29,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from intervaltree import IntervalTree
 from tqdm.auto import tqdm
 
 from feature_extract.modules import ModuleSpec, file_sha256, import_module
-from feature_extract.taskdir import Task, audio_dir, find_tasks, probe_wav, read_task, read_wav
-from hearscan.errors import AudioInputError, UserFacingError
-
-MANIFEST = "hearscan-manifest.json"
-DONE = ".done.embeddings"
+from formats.embeddings import DONE, MANIFEST, heareval_file_order, labels_for_timestamps, write_split_files
+from formats.taskdir import Task, audio_dir, find_tasks, probe_wav, read_task, read_wav
+from hearscan_core import __version__
+from hearscan_core.errors import AudioInputError, UserFacingError
+from hearscan_core.files import atomic_copy, atomic_write, atomic_write_json
 
 
 @dataclass
@@ -55,43 +52,6 @@ class ModuleStats:
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _atomic_write_json(path: Path, obj, indent=None) -> None:
-    _atomic_write_bytes(path, json.dumps(obj, indent=indent).encode())
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def labels_for_timestamps(events: list[dict], timestamps: np.ndarray) -> list[list[str]]:
-    """Labels active at each timestamp (ms), as heareval's `get_labels_for_timestamps` computes them."""
-    tree = IntervalTree()
-    for event in events:
-        # heareval adds 0.0001 so that the end is included
-        tree.addi(event["start"], event["end"] + 0.0001, event["label"])
-    return [[interval.data for interval in tree[t]] for t in timestamps]
-
-
-def heareval_file_order(task: Task, files_per_split: dict[str, list[str]]) -> dict[str, list[str]]:
-    """The row order heareval's runner writes: one Random(0) per task, shuffling each split in turn."""
-    prng = random.Random()
-    prng.seed(0)
-    order = {}
-    for split in task.metadata["splits"]:
-        names = list(files_per_split[split])
-        prng.shuffle(names)
-        order[split] = names
-    return order
-
-
 def plan_batches(lengths: dict[str, int], sample_rate: int, max_batch_seconds: float) -> list[list[str]]:
     """Group equal-length clips (sorted by length, then name) into batches of at most
     `max_batch_seconds` of audio; a clip longer than that is a batch of its own."""
@@ -143,8 +103,6 @@ class LoadedModule:
     def _describe(self) -> dict:
         import torchaudio
 
-        import hearscan
-
         config = getattr(self.model, "config", None)
         return {
             "module": self.spec.module,
@@ -160,7 +118,7 @@ class LoadedModule:
             },
             "device": str(self.device),
             "versions": {
-                "hearscan": hearscan.__version__,
+                "hearscan": __version__,
                 "torch": torch.__version__,
                 "torchaudio": torchaudio.__version__,
                 "numpy": np.__version__,
@@ -239,31 +197,31 @@ class Extractor:
                 self.log(f"{spec.tag}/{task.name}: resuming an unfinished run")
         work.mkdir(parents=True, exist_ok=True)
         if not (work / MANIFEST).exists():
-            _atomic_write_json(work / MANIFEST, {**manifest, "started": _now()}, indent=2)
+            atomic_write_json(work / MANIFEST, {**manifest, "started": _now()}, indent=2)
 
         folder = audio_dir(task, loaded.sample_rate)
         files, skipped = self._probe_files(task, folder)
-        order = heareval_file_order(task, {s: list(lengths) for s, lengths in files.items()})
+        order = heareval_file_order(task.metadata, {s: list(lengths) for s, lengths in files.items()})
         task_start = time.perf_counter()
         for name in ("task_metadata.json", "labelvocabulary.csv"):
-            _atomic_copy(task.path / name, work / name)
+            atomic_copy(task.path / name, work / name)
         for split in task.metadata["splits"]:
-            _atomic_copy(task.path / f"{split}.json", work / f"{split}.json")
+            atomic_copy(task.path / f"{split}.json", work / f"{split}.json")
             if (work / f".done.{split}").exists():
                 continue
             if not files[split]:
                 raise UserFacingError(f"every file of split {split} of task {task.name} was skipped as bad")
             self._embed_split(loaded, task, split, folder / split, files[split], work, stats)
             self._assemble_split(task, split, order[split], work, final)
-            _atomic_write_bytes(work / f".done.{split}", b"")
+            atomic_write(work / f".done.{split}", b"")
 
-        _atomic_write_json(work / "profile.embeddings.json", {
+        atomic_write_json(work / "profile.embeddings.json", {
             "time_elapsed": time.perf_counter() - task_start, "gpu_max_mem": None,
             "gpu_device_name": torch.cuda.get_device_name() if loaded.device.type == "cuda" else None,
         }, indent=4)
         done_manifest = json.loads((work / MANIFEST).read_text())
         done_manifest.update(finished=_now(), skipped_bad_files=skipped)
-        _atomic_write_json(work / MANIFEST, done_manifest, indent=2)
+        atomic_write_json(work / MANIFEST, done_manifest, indent=2)
         for marker in work.glob(".done.*"):
             marker.unlink()
         (work / DONE).write_bytes(b"")
@@ -338,16 +296,19 @@ class Extractor:
         """Chunks -> heareval's split files, rows in heareval's order; temp names, then rename."""
         chunk_files = sorted((work / f".chunks-{split}").glob("batch-*[0-9].npz"))
         where = {}  # file -> (chunk index, row)
-        frames = {}
+        frames, stamps = {}, {}
         dim = None
         for c, path in enumerate(chunk_files):
             with np.load(path) as z:
                 names = z["names"].tolist()
                 shape = z["embeddings"].shape
-                dim = shape[-1]
-                for r, name in enumerate(names):
-                    where[name] = (c, r)
-                    frames[name] = shape[1] if task.is_event else 1
+                ts = z["timestamps"] if task.is_event else None
+            dim = shape[-1]
+            for r, name in enumerate(names):
+                where[name] = (c, r)
+                frames[name] = shape[1] if task.is_event else 1
+                if task.is_event:
+                    stamps[name] = ts[r]
         missing = [n for n in order if n not in where]
         if missing:
             raise RuntimeError(f"internal: chunks of split {split} lack {missing[:5]}")
@@ -356,38 +317,22 @@ class Extractor:
             offsets[name] = total
             total += frames[name]
 
-        tmp_emb = work / f"{split}.embeddings.npy.tmp"
-        memmap = np.memmap(tmp_emb, dtype=np.float32, mode="w+", shape=(total, dim))
-        labels_by_file, timestamps_by_file = {}, {}
-        for path in chunk_files:
-            with np.load(path) as z:
-                names, emb = z["names"].tolist(), z["embeddings"]
-                ts = z["timestamps"] if task.is_event else None
-            for r, name in enumerate(names):
-                memmap[offsets[name] : offsets[name] + frames[name]] = emb[r]
-                if task.is_event:
-                    labels_by_file[name] = labels_for_timestamps(task.splits[split][name], ts[r])
-                    timestamps_by_file[name] = ts[r].tolist()
-        memmap.flush()
-        del memmap
+        def fill(memmap):
+            for path in chunk_files:
+                with np.load(path) as z:
+                    names, emb = z["names"].tolist(), z["embeddings"]
+                for r, name in enumerate(names):
+                    memmap[offsets[name] : offsets[name] + frames[name]] = emb[r]
 
         labels, filename_timestamps = [], []
         for name in order:
             if task.is_event:
-                labels += labels_by_file[name]
+                labels += labels_for_timestamps(task.splits[split][name], stamps[name])
                 slug = str(final / split / name)
-                filename_timestamps += [(slug, t) for t in timestamps_by_file[name]]
+                filename_timestamps += [(slug, t) for t in stamps[name].tolist()]
             else:
                 labels.append(task.splits[split][name])
-        outputs = {
-            f"{split}.embedding-dimensions.json": json.dumps((total, dim)).encode(),
-            f"{split}.target-labels.pkl": pickle.dumps(labels),
-        }
-        if task.is_event:
-            outputs[f"{split}.filename-timestamps.json"] = json.dumps(filename_timestamps, indent=4).encode()
-        for name, data in outputs.items():
-            _atomic_write_bytes(work / name, data)
-        os.replace(tmp_emb, work / f"{split}.embeddings.npy")
+        write_split_files(work, split, (total, dim), fill, labels, filename_timestamps if task.is_event else None)
         shutil.rmtree(work / f".chunks-{split}")
 
 

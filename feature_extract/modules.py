@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hear_modules import registry
-from hearscan.errors import UserFacingError
+from hearscan_core.errors import UserFacingError
 
 WEIGHTS_FREE_DEFAULT = "logmel"
 

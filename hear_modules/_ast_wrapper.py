@@ -48,7 +48,7 @@ from hear_modules._audio import check_audio_batch
 from hear_modules._checkpoint import load_strict, read_checkpoint
 from hear_modules._layers import PatchEmbed, sincos_2d
 from hear_modules._options import Option, common, parse_options, positive_int, warn_random_weights
-from hearscan.errors import CheckpointError, UserFacingError
+from hearscan_core.errors import CheckpointError, UserFacingError
 
 SAMPLE_RATE = 16000
 N_MELS = 80

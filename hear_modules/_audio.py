@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hearscan.errors import AudioInputError
+from hearscan_core.errors import AudioInputError
 
 
 MIN_SAMPLES = 400  # one 25 ms analysis frame at 16 kHz: the shortest clip every module takes

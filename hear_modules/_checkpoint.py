@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from hearscan.errors import CheckpointError
+from hearscan_core.errors import CheckpointError
 
 
 def read_checkpoint(path: str | os.PathLike, allowed_globals=()) -> dict:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 import csrc
-from hearscan.errors import UserFacingError
+from hearscan_core.errors import UserFacingError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

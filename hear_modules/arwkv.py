@@ -57,7 +57,7 @@ from hear_modules._options import common, parse_options, warn_random_weights
 from hear_modules._windows import (
     batch_timestamps, column_centres_ms, merge_columns, run_in_batches, timestamps_inside, window_starts,
 )
-from hearscan.errors import CheckpointError, UserFacingError
+from hearscan_core.errors import CheckpointError, UserFacingError
 
 SAMPLE_RATE = 16000
 MODEL_RATE = 32000

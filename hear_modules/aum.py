@@ -64,7 +64,7 @@ from hear_modules._frontend import kaldi_fbank
 from hear_modules._layers import PatchEmbed, RMSNorm
 from hear_modules._options import Option, common, parse_options, warn_random_weights
 from hear_modules._windows import batch_timestamps, column_centres_ms, run_in_batches, timestamps_inside, window_starts
-from hearscan.errors import CheckpointError, UserFacingError
+from hearscan_core.errors import CheckpointError, UserFacingError
 
 SAMPLE_RATE = 16000
 NUM_MEL_BINS = 128

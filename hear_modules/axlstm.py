@@ -31,7 +31,7 @@ from torch import nn
 
 import csrc
 from hear_modules import _ast_wrapper as wrapper
-from hearscan.errors import CheckpointError
+from hearscan_core.errors import CheckpointError
 
 N_CELL_HEADS = 4  # mLSTM heads (the official qkv_block_size), independent of width
 QKV_BLOCK = 4  # block-diagonal q/k/v projections of 4x4 blocks

@@ -47,7 +47,7 @@ from hear_modules._checkpoint import load_strict, read_checkpoint, strip_prefix
 from hear_modules._frontend import kaldi_fbank
 from hear_modules._options import common, parse_options, warn_random_weights
 from hear_modules._windows import batch_timestamps, column_centres_ms, timestamps_inside
-from hearscan.errors import CheckpointError, UserFacingError
+from hearscan_core.errors import CheckpointError, UserFacingError
 
 SAMPLE_RATE = 16000
 NUM_MELS = 128

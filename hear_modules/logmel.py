@@ -20,7 +20,7 @@ import torchaudio
 from hear_modules._audio import check_audio_batch
 from hear_modules._frontend import regular_timestamps
 from hear_modules._options import Option, parse_options
-from hearscan.errors import UserFacingError
+from hearscan_core.errors import UserFacingError
 
 SAMPLE_RATE = 16000
 N_MELS = 64

@@ -19,7 +19,7 @@ from torch import nn
 
 from hear_modules import _ast_wrapper as wrapper
 from hear_modules._layers import Block
-from hearscan.errors import CheckpointError
+from hearscan_core.errors import CheckpointError
 
 HEAD_DIM = 64  # official configs: tiny 3, small 6, base 12 heads = D / 64
 

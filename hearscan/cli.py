@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from hearscan.errors import UserFacingError
+from hearscan_core.errors import UserFacingError
 
 SUBCOMMAND_MODULES = [
     "hearscan.compat.cli",  # validate, heareval-embed, heareval-predict

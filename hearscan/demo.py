@@ -28,7 +28,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from downstream.probe import parse_seeds, run_probe
+    from downstream.probe import run_probe
+    from hearscan_core.seeds import parse_seeds
     from downstream.results import write_results
     from feature_extract.engine import Extractor, format_summary
     from feature_extract.modules import parse_specs

@@ -14,7 +14,7 @@ import torch
 
 from _model_helpers import HEARSCAN, assert_fbank_close, hearscan_validate_available
 from hear_modules import arwkv
-from hearscan.errors import AudioInputError, CheckpointError, UserFacingError
+from hearscan_core.errors import AudioInputError, CheckpointError, UserFacingError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "arwkv"
 CHECKPOINT = FIXTURE / "checkpoint.pth"

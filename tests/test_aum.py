@@ -15,7 +15,7 @@ import torch
 from _model_helpers import HEARSCAN, assert_fbank_close
 from csrc._build import KernelBuildError, load
 from hear_modules import aum
-from hearscan.errors import AudioInputError, CheckpointError, UserFacingError
+from hearscan_core.errors import AudioInputError, CheckpointError, UserFacingError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "aum"
 VARIANTS = ["fobi", "bibi"]

@@ -22,7 +22,7 @@ from _model_helpers import (  # expected, clips: fixtures that read this module'
     rel_fro,
 )
 from hear_modules import axlstm
-from hearscan.errors import CheckpointError, UserFacingError
+from hearscan_core.errors import CheckpointError, UserFacingError
 
 FIX = Path(__file__).parent / "fixtures" / "axlstm"
 CKPT_DIR = FIX / "model_dir"

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from hearscan.compat import fixes
-from hearscan.errors import UserFacingError
+from hearscan_core.errors import UserFacingError
 
 PY = sys.executable
 

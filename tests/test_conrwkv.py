@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from _model_helpers import HEARSCAN, hearscan_validate_available
 from hear_modules import conrwkv
-from hearscan.errors import AudioInputError, CheckpointError, UserFacingError
+from hearscan_core.errors import AudioInputError, CheckpointError, UserFacingError
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -8,10 +8,10 @@ import pickle
 import numpy as np
 import pytest
 
-from downstream.embeddings import load_task
+from formats.embeddings import load_task
 from downstream.synthetic import write_synthetic_task
 from hearscan.cli import main
-from hearscan.errors import UserFacingError
+from hearscan_core.errors import UserFacingError
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def test_not_an_embeddings_folder(tmp_path, capsys):
 def test_unfinished_extraction_is_skipped_with_a_note(tmp_path, capsys):
     """`hearscan extract` writes a task into `.partial-<task>` until it is complete: a probe over the module
     folder must skip it (saying so), not fail on its missing files or score half a task."""
-    from downstream.embeddings import find_task_dirs
+    from formats.embeddings import find_task_dirs
 
     done = write_synthetic_task(tmp_path, "done_task", n_per_split=4, dim=4)  # tmp_path/<module>/done_task
     partial = write_synthetic_task(tmp_path, ".partial-half_task", n_per_split=4, dim=4)

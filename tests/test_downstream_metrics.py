@@ -13,7 +13,7 @@ import torch
 from sklearn.model_selection import ParameterGrid
 
 from downstream import metrics
-from downstream.embeddings import load_task
+from formats.embeddings import load_task
 from downstream.linear import loss_per_model
 from downstream.probe import _EventScorer, _probabilities
 from downstream.synthetic import write_synthetic_task

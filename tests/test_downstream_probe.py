@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from formats import predictions
+from hearscan_core.seeds import parse_seeds
 from downstream import probe
-from downstream.embeddings import data_splits, load_task
+from formats.embeddings import data_splits, load_task
 from downstream.linear import ProbeSettings
 from downstream.synthetic import write_synthetic_task
 
@@ -45,8 +47,8 @@ def emb_root(tmp_path_factory):
 
 
 def _scores(out, task, seed, protocol="linear"):
-    d = probe.seed_dir(out, "synthetic", task, protocol, seed)
-    return json.loads((d / probe.SCORES_FILE).read_text()), json.loads((d / probe.PROBE_FILE).read_text())
+    d = predictions.seed_dir(out, "synthetic", task, protocol, seed)
+    return json.loads((d / predictions.SCORES_FILE).read_text()), json.loads((d / predictions.PROBE_FILE).read_text())
 
 
 def test_fold_semantics_equal_heareval():
@@ -63,12 +65,12 @@ def test_fold_semantics_equal_heareval():
 
 
 def test_parse_seeds():
-    assert probe.parse_seeds("0-9") == list(range(10))
-    assert probe.parse_seeds("3,1,1,5-6") == [1, 3, 5, 6]
+    assert parse_seeds("0-9") == list(range(10))
+    assert parse_seeds("3,1,1,5-6") == [1, 3, 5, 6]
     with pytest.raises(probe.UserFacingError):
-        probe.parse_seeds("9-2")
+        parse_seeds("9-2")
     with pytest.raises(probe.UserFacingError):
-        probe.parse_seeds("a")
+        parse_seeds("a")
 
 
 def test_probe_beats_chance_multiclass(emb_root, tmp_path):
@@ -133,7 +135,7 @@ def test_aggregation_of_an_infinite_d_prime_equals_heareval_without_warnings():
         expected = aggregate_test_results(folds)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        got = probe.aggregate_folds(folds)
+        got = predictions.aggregate_folds(folds)
     assert got.keys() == expected.keys()
     for key, value in expected.items():
         assert np.isnan(got[key]) if np.isnan(value) else got[key] == pytest.approx(value, rel=1e-12)
@@ -165,12 +167,12 @@ def test_deterministic_and_seeds_differ(emb_root, tmp_path):
 def test_resume_skips_finished_seeds_and_redoes_partial(emb_root, tmp_path):
     task = emb_root / "synthetic" / "scene_mc"
     probe.run_probe([task], [0, 1], out=tmp_path, settings=FAST, quiet=True)
-    done0 = probe.seed_dir(tmp_path, "synthetic", "scene_mc", "linear", 0) / probe.SCORES_FILE
+    done0 = predictions.seed_dir(tmp_path, "synthetic", "scene_mc", "linear", 0) / predictions.SCORES_FILE
     stamp = os.stat(done0).st_mtime_ns
     # an interrupted seed: a directory without its score file, and a stray temporary folder
-    partial = probe.seed_dir(tmp_path, "synthetic", "scene_mc", "linear", 2)
+    partial = predictions.seed_dir(tmp_path, "synthetic", "scene_mc", "linear", 2)
     partial.mkdir(parents=True)
-    (partial / probe.PROBE_FILE).write_text("{}")
+    (partial / predictions.PROBE_FILE).write_text("{}")
     probe.run_probe([task], [0, 1, 2], out=tmp_path, settings=FAST, quiet=True)
     assert os.stat(done0).st_mtime_ns == stamp
     scores, note = _scores(tmp_path, "scene_mc", 2)
@@ -185,7 +187,7 @@ def test_temporary_folders_of_killed_runs_are_removed(emb_root, tmp_path):
     """A killed run leaves `.seed-NN.tmp-PID` behind; the next run removes it once that process is gone, and
     leaves the folder of a run that is still alive alone."""
     task = emb_root / "synthetic" / "scene_mc"
-    final = probe.seed_dir(tmp_path, "synthetic", "scene_mc", "linear", 0)
+    final = predictions.seed_dir(tmp_path, "synthetic", "scene_mc", "linear", 0)
     final.parent.mkdir(parents=True)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
@@ -195,7 +197,7 @@ def test_temporary_folders_of_killed_runs_are_removed(emb_root, tmp_path):
         d.mkdir()
         (d / "train.embeddings.npy").write_bytes(b"partial")
     probe.run_probe([task], [0], out=tmp_path, settings=FAST, quiet=True)
-    assert probe.is_done(final)
+    assert predictions.is_done(final)
     assert not dead.exists()
     assert alive.exists()
 

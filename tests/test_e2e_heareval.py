@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from hearscan.compat import run_embeddings, run_predictions
-from hearscan.errors import UserFacingError
+from hearscan_core.errors import UserFacingError
 from helpers_tasks import write_tiny_suite
 
 pytestmark = pytest.mark.slow

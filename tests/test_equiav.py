@@ -14,7 +14,7 @@ from _model_helpers import (  # expected, clips: fixtures that read this module'
     needs_hearscan_validate,
 )
 from hear_modules import equiav
-from hearscan.errors import CheckpointError, UserFacingError
+from hearscan_core.errors import CheckpointError, UserFacingError
 
 FIX = Path(__file__).parent / "fixtures" / "equiav"
 CKPT = FIX / "checkpoint.pth"

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from feature_extract.engine import Extractor, heareval_file_order, labels_for_timestamps, plan_batches
+from feature_extract.engine import Extractor, plan_batches
+from formats.embeddings import heareval_file_order, labels_for_timestamps
 from feature_extract.modules import ModuleSpec, parse_specs
-from feature_extract.seeds import make_seed_views
-from feature_extract.taskdir import read_task
-from hearscan.errors import AudioInputError, UserFacingError
+from formats.embeddings import make_seed_views
+from formats.taskdir import read_task
+from hearscan_core.errors import AudioInputError, UserFacingError
 from hearscan.tasks.synthetic import build_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +72,7 @@ def test_scene_task_rows_follow_heareval_order_and_labels(synthetic, tmp_path):
     out = tmp_path / "hear_modules.logmel" / task_dir(synthetic, "syn_pitch").name
     assert (out / ".done.embeddings").exists()
     task = read_task(task_dir(synthetic, "syn_pitch"))
-    order = heareval_file_order(task, {s: list(d) for s, d in task.splits.items()})
+    order = heareval_file_order(task.metadata, {s: list(d) for s, d in task.splits.items()})
     import hear_modules.logmel as logmel
     import torch
 

@@ -254,7 +254,7 @@ def test_bench_kernels_on_cuda_without_a_gpu_is_explained():
     import argparse
 
     from csrc import bench
-    from hearscan.errors import UserFacingError
+    from hearscan_core.errors import UserFacingError
 
     parser = argparse.ArgumentParser()
     bench.register(parser.add_subparsers())
@@ -363,7 +363,7 @@ def test_bench_ggml_says_how_to_add_a_missing_perf_case(tmp_path):
     import argparse
 
     from csrc import bench_ggml
-    from hearscan.errors import UserFacingError
+    from hearscan_core.errors import UserFacingError
 
     fake = tmp_path / "test-backend-ops"
     fake.write_text("#!/bin/sh\necho 'Backend CPU: OK'\n")  # a perf list without the op
@@ -379,7 +379,7 @@ def test_bench_ggml_rejects_a_missing_binary(tmp_path):
     import argparse
 
     from csrc import bench_ggml
-    from hearscan.errors import UserFacingError
+    from hearscan_core.errors import UserFacingError
 
     parser = argparse.ArgumentParser()
     bench_ggml.register(parser.add_subparsers())

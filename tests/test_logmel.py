@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import hear_modules.logmel as logmel
-from hearscan.errors import AudioInputError, UserFacingError
+from hearscan_core.errors import AudioInputError, UserFacingError
 
 SR = logmel.SAMPLE_RATE
 

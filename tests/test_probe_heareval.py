@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from formats import predictions
 from downstream import probe, results
 from downstream.synthetic import write_synthetic_task
 
@@ -21,9 +22,9 @@ def test_heareval_fork_protocol_per_seed(tmp_path):
                     grid_overrides={"max_epochs": [6], "check_val_every_n_epoch": [3]})
     scores = []
     for seed in (0, 1):
-        d = probe.seed_dir(tmp_path / "pred", "modH", "hv_scene", "heareval-fork", seed)
-        s = json.loads((d / probe.SCORES_FILE).read_text())
-        note = json.loads((d / probe.PROBE_FILE).read_text())
+        d = predictions.seed_dir(tmp_path / "pred", "modH", "hv_scene", "heareval-fork", seed)
+        s = json.loads((d / predictions.SCORES_FILE).read_text())
+        note = json.loads((d / predictions.PROBE_FILE).read_text())
         assert (note["seed"], note["protocol"], note["grid"]) == (seed, "heareval-fork", "fork")
         # heareval's fork grid: 1 hidden layer, lr 1e-4, xavier_normal
         assert s["hparams"]["hidden_layers"] == 1 and s["hparams"]["lr"] == 0.0001
@@ -35,5 +36,5 @@ def test_heareval_fork_protocol_per_seed(tmp_path):
     # rerun: both seeds are skipped (no heareval process is started)
     probe.run_probe([task], [0, 1], protocol="heareval-fork", out=tmp_path / "pred", quiet=True,
                     grid_overrides={"max_epochs": [6], "check_val_every_n_epoch": [3]})
-    (row,) = results.summarise(results.collect([tmp_path / "pred"]))
+    (row,) = results.summarise(predictions.collect([tmp_path / "pred"]))
     assert (row["protocol"], row["module"], row["n"]) == ("heareval-fork", "modH", 2)

@@ -9,6 +9,7 @@ import math
 import pytest
 from scipy import stats
 
+from formats import predictions
 from downstream import results
 from hearscan.cli import main
 
@@ -39,7 +40,7 @@ def test_mean_std_and_student_t_halfwidth(tmp_path):
     values = [0.5, 0.6, 0.7, 0.9]
     for seed, v in enumerate(values):
         _write_ours(tmp_path, "modA", "taskX", "linear", seed, v, chance=0.25)
-    (row,) = results.summarise(results.collect([tmp_path]))
+    (row,) = results.summarise(predictions.collect([tmp_path]))
     n = len(values)
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
@@ -59,7 +60,7 @@ def test_normalised_overall_score(tmp_path):
         _write_ours(tmp_path, "B", "t1", "linear", seed, 0.5, 0.25)
         _write_ours(tmp_path, "A", "t2", "linear", seed, 0.6, 0.5)
         _write_ours(tmp_path, "B", "t2", "linear", seed, 0.9, 0.5)
-    rows = results.summarise(results.collect([tmp_path]))
+    rows = results.summarise(predictions.collect([tmp_path]))
     ov = results.overall(rows)
     assert ov[("linear", "A")] == (pytest.approx((1.0 + 0.25) / 2), 2)
     assert ov[("linear", "B")] == (pytest.approx((0.5 + 1.0) / 2), 2)
@@ -70,7 +71,7 @@ def test_reads_heareval_runner_output_with_folds(tmp_path):
     for seed, folds in enumerate([[0.4, 0.6, 0.5], [0.5, 0.7, 0.6]]):
         _write_heareval_folds(tmp_path / "heareval" / f"seed-{seed}" / "modA" / "taskF", folds)
         _write_ours(tmp_path / "ours", "modA", "taskF", "linear", seed, 0.8, chance=0.2, metric="mAP")
-    runs = results.collect([tmp_path / "heareval", tmp_path / "ours"])
+    runs = predictions.collect([tmp_path / "heareval", tmp_path / "ours"])
     theirs = sorted((r for r in runs if r.protocol == "heareval"), key=lambda r: r.seed)
     assert [(r.module, r.task, r.seed, r.metric) for r in theirs] == [("modA", "taskF", 0, "mAP"), ("modA", "taskF", 1, "mAP")]
     assert [r.score for r in theirs] == [pytest.approx(0.5), pytest.approx(0.6)]
@@ -80,7 +81,7 @@ def test_reads_heareval_runner_output_with_folds(tmp_path):
     # a score file inside a per-seed copy of the task: <module>/<task>/seed-N/
     d = tmp_path / "seeded" / "modB" / "taskG" / "seed-3"
     _write_heareval_folds(d, [0.1, 0.2, 0.3])
-    (run,) = results.collect([tmp_path / "seeded"])
+    (run,) = predictions.collect([tmp_path / "seeded"])
     assert (run.module, run.task, run.seed) == ("modB", "taskG", 3)
 
 
@@ -144,7 +145,7 @@ def test_protocol_comparison_table(tmp_path):
         _write_ours(tmp_path / "p", m, "t1", "heareval", 0, v, 0.1)
     _write_ours(tmp_path / "p", "A", "t2", "heareval", 0, 0.7, 0.1)
 
-    rows = results.summarise(results.collect([tmp_path / "p"]))
+    rows = results.summarise(predictions.collect([tmp_path / "p"]))
     t1, t2 = results.compare(rows)
     assert (t1["a"], t1["b"], t1["task"], t1["modules"]) == ("heareval", "linear", "t1", ["A", "B", "C"])
     assert t1["mean_b"] == pytest.approx([0.905, 0.605, 0.305])

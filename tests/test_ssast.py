@@ -19,7 +19,7 @@ from _model_helpers import (  # expected, clips: fixtures that read this module'
     rel_fro,
 )
 from hear_modules import _ast_wrapper, ssast
-from hearscan.errors import CheckpointError, UserFacingError
+from hearscan_core.errors import CheckpointError, UserFacingError
 
 FIX = Path(__file__).parent / "fixtures" / "ssast"
 CKPT_DIR = FIX / "model_dir"

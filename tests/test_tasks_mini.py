@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hearscan.errors import UserFacingError
+from hearscan_core.errors import UserFacingError
 from hearscan.tasks import check_task_dir
 from hearscan.tasks import mini
 from hearscan.tasks.sources import _read_cached, require_tools

@@ -13,7 +13,7 @@ import soundfile as sf
 
 from hearscan.cli import main as hearscan_main
 from hearscan.tasks import build_synthetic, check_task_dir
-from hearscan.tasks._format import TaskWriter
+from formats.taskdir import TaskWriter
 from hearscan.tasks.synthetic import TASKS
 
 

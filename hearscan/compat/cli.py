@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from hearscan.errors import UserFacingError
+from hearscan_core.errors import UserFacingError
 
 FIXES_HELP = "the compat fixes applied in the tool's process are listed in `python -m pydoc hearscan.compat`"
 

@@ -24,7 +24,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hearscan.errors import UserFacingError
+from formats.predictions import headline_score
+from hearscan_core.errors import UserFacingError
+from hearscan_core.files import atomic_write_json
 
 GRIDS = ("default", "fast", "faster", "fork")
 DEFAULT_GRID_POINTS = 8  # heareval's default
@@ -224,13 +226,6 @@ def _options_suffix(options: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------- predictions
-def headline_score(scores: dict) -> float:
-    """The task's test score: `test.test_score`, or the fold mean for k-fold tasks."""
-    if "aggregated_scores" in scores:
-        return float(scores["aggregated_scores"]["test_score_mean"])
-    return float(scores["test"]["test_score"])
-
-
 def _check_emb_task_dir(path: Path) -> dict:
     meta_file = path / "task_metadata.json"
     if not meta_file.is_file():
@@ -319,7 +314,7 @@ def run_predictions(emb_task_dirs, seed: int | None = None, grid: str = "default
             tool_args += ["--gpus", json.dumps(gpus or None)]
         for path in todo:
             # Written first, so that heareval's done marker always has the settings beside it.
-            _write_json_atomic(path / SETTINGS_FILE, settings)
+            atomic_write_json(path / SETTINGS_FILE, settings, indent=2)
         try:
             launch("predictions", launcher_args, tool_args, verbose=verbose)
         finally:
@@ -338,9 +333,3 @@ def run_predictions(emb_task_dirs, seed: int | None = None, grid: str = "default
         results.append(PredictionResult(path, scores, metadata[path]["evaluation"][0], score, settings,
                                         skipped=path in skipped))
     return results
-
-
-def _write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from hearscan.tasks._format import EMBEDDING_TYPES, METRICS, PREDICTION_TYPES, SAMPLE_RATE, SPLIT_MODES
+from formats.taskdir import EMBEDDING_TYPES, METRICS, PREDICTION_TYPES, SAMPLE_RATE, SPLIT_MODES
 
 REQUIRED_KEYS = {
     "task_name": str,

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from hearscan.errors import UserFacingError
+from hearscan_core.errors import UserFacingError
 
 
 def register(subparsers) -> None:

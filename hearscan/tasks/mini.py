@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hearscan.errors import UserFacingError
-from hearscan.tasks._format import SAMPLE_RATE as SR
-from hearscan.tasks._format import TRAINVALTEST_SPLITS, TaskWriter, fold_names, is_complete
+from hearscan_core.errors import UserFacingError
+from formats.taskdir import SAMPLE_RATE as SR
+from formats.taskdir import TRAINVALTEST_SPLITS, TaskWriter, fold_names, is_complete
 from hearscan.tasks.sources import (
     Packages,
     fit_length,

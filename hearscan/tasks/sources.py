@@ -23,8 +23,8 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from hearscan.errors import UserFacingError
-from hearscan.tasks._format import SAMPLE_RATE
+from hearscan_core.errors import UserFacingError
+from formats.taskdir import SAMPLE_RATE
 
 APT_TOOLS = "sox libsox-fmt-all espeak-ng flite fluidsynth ffmpeg"
 INSTALL_HINT = f"install them with `apt-get update && apt-get install -y {APT_TOOLS}` (or `make setup`)"

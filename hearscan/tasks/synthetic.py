@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hearscan.tasks._format import SAMPLE_RATE as SR
-from hearscan.tasks._format import TRAINVALTEST_SPLITS, TaskWriter, fold_names, is_complete
+from formats.taskdir import SAMPLE_RATE as SR
+from formats.taskdir import TRAINVALTEST_SPLITS, TaskWriter, fold_names, is_complete
 
 VERSION = "v1"
 
@@ -233,7 +233,7 @@ def build_synthetic(out_dir: Path | str, tasks: list[str] | None = None, force: 
     names = list(TASKS) if tasks is None else list(tasks)
     unknown = [t for t in names if t not in TASKS]
     if unknown:
-        from hearscan.errors import UserFacingError
+        from hearscan_core.errors import UserFacingError
 
         raise UserFacingError(f"unknown synthetic task(s) {unknown}; choose from {sorted(TASKS)}")
     paths = []

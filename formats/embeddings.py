@@ -9,8 +9,15 @@ A task's embedding directory (`E/<module>/<task>/`, written by heareval's embedd
     <split>.filename-timestamps.json    event tasks: n [filename, timestamp_ms] pairs
     <split>.json                        copy of the task's targets (event tasks: the reference events)
 
-plus copies of `task_metadata.json` and `labelvocabulary.csv`.  heareval checks these with bare
-asserts (or not at all); here every defect is a UserFacingError naming the task and the file.
+plus copies of `task_metadata.json` and `labelvocabulary.csv`, and when finished `.done.embeddings`
+(`hearscan extract` adds `hearscan-manifest.json`: what made the embeddings).  Rows are in heareval's
+order: each split's files shuffled by one `Random(0)` per task (`heareval_file_order`); event tasks have one
+row per timestamp, labelled with the events active at it (`labels_for_timestamps`).  heareval checks these
+files with bare asserts (or not at all); here every defect is a UserFacingError naming the task and the file.
+
+Per-seed views (`make_seed_view`): heareval's predictions runner writes its outputs into the embedding task
+folder itself, so several seeds need several folders; a view is a folder of symbolic links to the embedding
+files (nothing copied), so each seed's outputs stay apart.
 """
 
 from __future__ import annotations
@@ -19,15 +26,25 @@ import csv
 import json
 import os
 import pickle
+import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from intervaltree import IntervalTree
 
-from hearscan.errors import UserFacingError
+from formats.taskdir import SPLIT_MODES
+from hearscan_core.errors import UserFacingError
+from hearscan_core.files import atomic_write, temp_sibling
 
-SPLIT_MODES = ("trainvaltest", "new_split_kfold", "presplit_kfold")
+DONE = ".done.embeddings"  # a finished embeddings task folder carries it (heareval's runner writes it too)
+MANIFEST = "hearscan-manifest.json"  # what `hearscan extract` ran: module, checkpoint, options, versions
+METADATA_FILES = ("task_metadata.json", "labelvocabulary.csv")
+# the per-split files of the format; everything else in a task folder is a downstream output
+SPLIT_SUFFIXES = (
+    ".embeddings.npy", ".embedding-dimensions.json", ".target-labels.pkl", ".filename-timestamps.json",
+)
 
 
 @dataclass
@@ -264,7 +281,50 @@ def data_splits(metadata: dict) -> list[dict[str, list[str]]]:
     return out
 
 
-# --- writing (tests, benchmarks, and any extractor that wants the format) -------------------------------
+# --- writing -------------------------------------------------------------------------------------------------
+
+
+def heareval_file_order(task_metadata: dict, files_per_split: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The row order heareval's runner writes: one Random(0) per task, shuffling each split in turn."""
+    prng = random.Random()
+    prng.seed(0)
+    order = {}
+    for split in task_metadata["splits"]:
+        names = list(files_per_split[split])
+        prng.shuffle(names)
+        order[split] = names
+    return order
+
+
+def labels_for_timestamps(events: list[dict], timestamps) -> list[list[str]]:
+    """Labels active at each timestamp (ms), as heareval's `get_labels_for_timestamps` computes them."""
+    tree = IntervalTree()
+    for event in events:
+        # heareval adds 0.0001 so that the end is included
+        tree.addi(event["start"], event["end"] + 0.0001, event["label"])
+    return [[interval.data for interval in tree[t]] for t in timestamps]
+
+
+def write_split_files(task_dir: Path, split: str, shape: tuple[int, int], fill, labels: list,
+                      filename_timestamps: list | None = None) -> None:
+    """Write one split: `fill(memmap)` puts the (n, dim) float32 rows into a raw memmap of `shape` (so a
+    large split never needs to be in memory at once); then the dimensions, the pickled labels and, for
+    event tasks, the [filename, timestamp] pairs.  The memmap is written under a temporary name and renamed
+    last: a split whose `.embeddings.npy` exists is complete."""
+    task_dir = Path(task_dir)
+    task_dir.mkdir(parents=True, exist_ok=True)
+    final = task_dir / f"{split}.embeddings.npy"
+    tmp = temp_sibling(final)
+    memmap = np.memmap(tmp, dtype=np.float32, mode="w+", shape=tuple(shape))
+    fill(memmap)
+    memmap.flush()
+    del memmap
+    atomic_write(task_dir / f"{split}.embedding-dimensions.json", json.dumps(list(shape)))
+    atomic_write(task_dir / f"{split}.target-labels.pkl", pickle.dumps(labels))
+    if filename_timestamps is not None:
+        ft = [[f, float(t)] for f, t in filename_timestamps]
+        atomic_write(task_dir / f"{split}.filename-timestamps.json", json.dumps(ft, indent=4))
+    os.replace(tmp, final)
 
 
 def write_split(
@@ -274,16 +334,13 @@ def write_split(
     labels: list[list],
     filename_timestamps: list[tuple[str, float]] | None = None,
 ) -> None:
-    """Write one split in heareval's format (raw float32 memmap + dimensions + pickled labels)."""
-    task_dir = Path(task_dir)
-    task_dir.mkdir(parents=True, exist_ok=True)
+    """Write one split held in memory (tests, benchmarks, any extractor that wants the format)."""
     emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-    _atomic_bytes(task_dir / f"{split}.embeddings.npy", emb.tobytes())
-    _atomic_bytes(task_dir / f"{split}.embedding-dimensions.json", json.dumps(list(emb.shape)).encode())
-    _atomic_bytes(task_dir / f"{split}.target-labels.pkl", pickle.dumps([list(row) for row in labels]))
-    if filename_timestamps is not None:
-        ft = [[f, float(t)] for f, t in filename_timestamps]
-        _atomic_bytes(task_dir / f"{split}.filename-timestamps.json", json.dumps(ft).encode())
+
+    def fill(memmap):
+        memmap[:] = emb
+
+    write_split_files(task_dir, split, emb.shape, fill, [list(row) for row in labels], filename_timestamps)
 
 
 def write_task_files(task_dir: Path, metadata: dict, labels: list[str], split_targets: dict[str, dict]) -> None:
@@ -291,15 +348,48 @@ def write_task_files(task_dir: Path, metadata: dict, labels: list[str], split_ta
     `.done.embeddings` marker every finished embeddings folder carries (call it after `write_split`)."""
     task_dir = Path(task_dir)
     task_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_bytes(task_dir / "task_metadata.json", json.dumps(metadata, indent=2).encode())
+    atomic_write(task_dir / "task_metadata.json", json.dumps(metadata, indent=2))
     vocab = "idx,label\n" + "".join(f"{i},{label}\n" for i, label in enumerate(labels))
-    _atomic_bytes(task_dir / "labelvocabulary.csv", vocab.encode())
+    atomic_write(task_dir / "labelvocabulary.csv", vocab)
     for split, targets in split_targets.items():
-        _atomic_bytes(task_dir / f"{split}.json", json.dumps(targets, indent=2).encode())
-    _atomic_bytes(task_dir / ".done.embeddings", b"")
+        atomic_write(task_dir / f"{split}.json", json.dumps(targets, indent=2))
+    atomic_write(task_dir / DONE, b"")
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+# --- per-seed views ------------------------------------------------------------------------------------------
+
+
+def embedding_files(task_dir: Path) -> list[Path]:
+    """The files of a finished embeddings task folder that belong to the format (no downstream outputs)."""
+    splits = json.loads((task_dir / "task_metadata.json").read_text())["splits"]
+    files = [task_dir / name for name in METADATA_FILES]
+    for split in splits:
+        files.append(task_dir / f"{split}.json")
+        files += [task_dir / f"{split}{suffix}" for suffix in SPLIT_SUFFIXES if (task_dir / f"{split}{suffix}").exists()]
+    return files
+
+
+def make_seed_view(task_dir: Path, view_dir: Path) -> Path:
+    """Create (or refresh) `view_dir` holding links to `task_dir`'s embedding files."""
+    task_dir, view_dir = Path(task_dir).resolve(), Path(view_dir)
+    if not (task_dir / DONE).exists():
+        raise UserFacingError(
+            f"{task_dir} is not a finished embeddings folder (no {DONE}); extract it first "
+            "(hearscan extract) or finish heareval's embeddings run"
+        )
+    view_dir.mkdir(parents=True, exist_ok=True)
+    for src in embedding_files(task_dir):
+        dst = view_dir / src.name
+        if dst.is_symlink() and os.readlink(dst) == str(src):
+            continue
+        if dst.exists() or dst.is_symlink():
+            dst.unlink()
+        os.symlink(src, dst)
+    (view_dir / DONE).touch()
+    return view_dir
+
+
+def make_seed_views(task_dir: Path, views_root: Path, seeds: list[int]) -> list[Path]:
+    """`views_root/seed-<n>/<task name>/` for each seed."""
+    task_dir = Path(task_dir)
+    return [make_seed_view(task_dir, Path(views_root) / f"seed-{seed}" / task_dir.name) for seed in seeds]
