@@ -52,7 +52,7 @@ $(STAMP): pyproject.toml Makefile | $(APT_STAMP)
 	$(PIP) install -q --no-deps heareval==2021.1.3 hearbaseline==2021.1.1
 	$(PIP) install -q --no-deps --ignore-requires-python hearvalidator==2021.0.6
 	$(PIP) install -q -e '.[test]'
-	$(PY) -m hearscan.bench build-kernels || echo "warning: compiled kernels not built; the reference scans will be used"
+	$(PY) -m csrc build || echo "warning: compiled kernels not built; the reference scans will be used"
 	@touch $@
 
 demo: setup

@@ -5,7 +5,7 @@
 the shared headers `csrc/*.h` it may include, the torch version, the compiler flags and this CPU's
 instruction-set flags, because `-march=native` code from one machine may not run on another that
 shares the home directory.  A finished build is marked with a `.built` file and later processes
-import that library directly (no compiler, no ninja run).  `make setup` pre-builds every kernel (`python -m hearscan.bench build-kernels`).
+import that library directly (no compiler, no ninja run).  `make setup` pre-builds every kernel (`python -m csrc build`).
 
 `load(op, "cuda")` does the same for `csrc/<op>_cuda.cu` (and the headers `csrc/*.cuh`) with nvcc, for
 the compute capability of the current GPU; that key also holds torch's CUDA version and the

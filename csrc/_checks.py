@@ -58,16 +58,3 @@ def require_wkv_head_and_state(op: str, r: torch.Tensor, state, max_head_size: i
         raise ValueError(f"{op}: head size N={N} is outside 1..{max_head_size}")
     if state is not None and tuple(state.shape) != (B, H, N, N):
         raise ValueError(f"{op}: state has shape {tuple(state.shape)}, expected (B, H, N, N) = {(B, H, N, N)}")
-
-
-def bench_case(name, shape, make_inputs, flops, tokens, reference=True, scaling_T=None) -> dict:
-    """One case for `hearscan bench kernels` (the protocol csrc/bench.py reads)."""
-    return {
-        "name": name,
-        "shape": shape,
-        "make_inputs": make_inputs,
-        "flops": flops,
-        "tokens": tokens,
-        "reference": reference,
-        "scaling_T": scaling_T,
-    }

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from csrc import dispatch
 from csrc._build import load
-from csrc._checks import KERNEL_DTYPES, bench_case, require_real_tensors
+from csrc._checks import KERNEL_DTYPES, require_real_tensors
 
 CUDA_MAX_QK_WIDTH = 512  # the CUDA kernel's limit on the q/k head width (mlstm_cuda.cu)
 
@@ -153,38 +153,3 @@ def _check_inputs(q, k, v, igate, fgate, state):
                 got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
                 raise ValueError(f"mlstm: state {name} must have shape {shape}, got {got}")
     return gates
-
-
-def bench_cases(long: bool) -> list[dict]:
-    """Benchmark cases for `hearscan bench kernels`: AxLSTM's real shapes, and T-scaling at DH = 192.
-
-    AxLSTM runs 4 heads of 2D/4 dims on 251-token chunks (250 patches + CLS), B = 8 clips per batch.
-    FLOPs count the linear (recurrent) form, 4 * DH^2 per head-token (C update and C q; one multiply-add
-    = 2 FLOP), so they do not depend on the algorithm.  The recurrent reference loop is timed at the
-    real shapes only.
-    """
-    shapes = [(8, 4, 251, 96, "AxLSTM-tiny", True, None), (8, 4, 251, 192, "AxLSTM-small", True, None),
-              (8, 4, 251, 384, "AxLSTM-base", True, None),
-              (1, 4, 1024, 192, "T-scaling", False, 1024), (1, 4, 4096, 192, "T-scaling", False, 4096)]
-    if long:
-        shapes += [(1, 4, 32768, 192, "T-scaling", False, 32768)]
-    cases = []
-    for batch, heads, length, dh, label, with_reference, scaling_T in shapes:
-        cases.append(bench_case(label, f"B={batch} H={heads} T={length} DH={dh}",
-                                _bench_inputs(batch, heads, length, dh),
-                                flops=4 * dh * dh * heads * length * batch, tokens=length * batch,
-                                reference=with_reference, scaling_T=scaling_T))
-    return cases
-
-
-def _bench_inputs(batch, heads, length, dh):
-    def make(dtype):
-        g = torch.Generator().manual_seed(0)
-        q, k, v = (torch.randn(batch, heads, length, dh, generator=g).to(dtype) for _ in range(3))
-        return {
-            "q": q, "k": k, "v": v,
-            "igate": torch.randn(batch, heads, length, generator=g),
-            "fgate": torch.randn(batch, heads, length, generator=g) + 3,
-        }
-
-    return make

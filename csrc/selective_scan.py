@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from csrc import dispatch
 from csrc._build import load
-from csrc._checks import KERNEL_DTYPES, bench_case, require_real_tensors
+from csrc._checks import KERNEL_DTYPES, require_real_tensors
 
 CUDA_MAX_DSTATE = 64  # the CUDA kernel's limit (selective_scan_cuda.cu)
 
@@ -154,43 +154,3 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, state):
             raise ValueError(
                 f"selective_scan: {name} must have shape {shape}, got {tuple(x.shape)}{hint}"
             )
-
-
-def bench_cases(long: bool) -> list[dict]:
-    """Benchmark cases for `hearscan bench kernels`: AuM's real shapes, and T-scaling at d_inner = 768.
-
-    AuM: d_inner = 2 D = 384 / 768 / 1536 (tiny / small / base), d_state 16, 513 tokens, B = 2; the
-    small case uses T = 512, the shape of the ggml anchor (anchors.md).  FLOPs follow anchors.md:
-    6 * d_inner * d_state per token.  The reference loop is timed at the real shapes only.
-    """
-    shapes = [(2, 384, 513, "AuM-tiny", True, None), (2, 768, 512, "AuM-small, ggml shape", True, 512),
-              (2, 1536, 513, "AuM-base", True, None),
-              (2, 768, 2048, "T-scaling", False, 2048), (2, 768, 8192, "T-scaling", False, 8192)]
-    if long:
-        shapes += [(1, 768, 32768, "T-scaling", False, 32768)]
-    cases = []
-    for batch, dim, length, label, with_reference, scaling_T in shapes:
-        cases.append(bench_case(label, f"B={batch} D={dim} N=16 L={length}",
-                                _bench_inputs(batch, dim, 16, length),
-                                flops=6 * dim * 16 * length * batch, tokens=length * batch,
-                                reference=with_reference, scaling_T=scaling_T))
-    return cases
-
-
-def _bench_inputs(batch, dim, dstate, length):
-    def make(dtype):
-        g = torch.Generator().manual_seed(0)
-        A = -torch.exp(torch.randn(dim, dstate, generator=g) * 0.5)
-        return {
-            "u": torch.randn(batch, dim, length, generator=g).to(dtype),
-            "delta": (torch.randn(batch, dim, length, generator=g) - 2).to(dtype),
-            "A": A,
-            "B": torch.randn(batch, dstate, length, generator=g).to(dtype),
-            "C": torch.randn(batch, dstate, length, generator=g).to(dtype),
-            "D": torch.randn(dim, generator=g),
-            "z": torch.randn(batch, dim, length, generator=g).to(dtype),
-            "delta_bias": torch.randn(dim, generator=g) * 0.1,
-            "delta_softplus": True,
-        }
-
-    return make

@@ -14,7 +14,7 @@ import torch
 from csrc import dispatch
 from csrc._build import load
 from csrc._checks import (
-    bench_case, require_device, require_kernel_dtype, require_like, require_tensors, require_wkv_head_and_state,
+    require_device, require_kernel_dtype, require_like, require_tensors, require_wkv_head_and_state,
 )
 
 MAX_HEAD_SIZE = 1024  # the CPU kernel's limit (kMaxHeadSize in wkv6_cpu.cpp)
@@ -87,36 +87,3 @@ dispatch.register(dispatch.Kernel("wkv6", "cpu", _runner("cpu"), lambda: load("w
                                   limits={"head sizes": MAX_HEAD_SIZE}))
 dispatch.register(dispatch.Kernel("wkv6", "cuda", _runner("cuda"), lambda: load("wkv6", "cuda"),
                                   limits={"head sizes": CUDA_MAX_HEAD_SIZE}))
-
-
-def _bench_inputs(B, T, H, N, dtype, seed=0):
-    """RWKV-6-like ranges: w around -1 (decay about 0.7), bonus u ~ 0.5."""
-    g = torch.Generator().manual_seed(seed)
-    shape = (B, T, H, N)
-    x = dict(
-        r=torch.randn(shape, generator=g), k=torch.randn(shape, generator=g) * 0.3,
-        v=torch.randn(shape, generator=g), w=torch.randn(shape, generator=g) - 1.0,
-    )
-    x = {name: t.to(dtype) for name, t in x.items()}
-    x["u"] = torch.randn(H, N, generator=g) * 0.5
-    return x
-
-
-def bench_cases(long: bool) -> list[dict]:
-    """Cases for `hearscan bench kernels`: ggml's anchor shape, RWKV-6 widths and a T-scaling series.
-
-    FLOP count 6 N^2 per head-token, as ggml counts WKV-6.
-    """
-    N = 64
-
-    def case(name, B, T, H, reference=True, scaling_T=None):
-        return bench_case(name, f"B={B} T={T} H={H} N={N}", lambda dtype: _bench_inputs(B, T, H, N, dtype),
-                          flops=6 * N * N * B * T * H, tokens=B * T, reference=reference, scaling_T=scaling_T)
-
-    cases = [
-        case("ggml anchor C=384", 2, 496, 6),
-        case("C=768 (12 heads)", 2, 496, 12),
-    ]
-    for T in (512, 2048, 8192) + ((32768,) if long else ()):
-        cases.append(case(f"T-scaling T={T}", 2, T, 6, reference=T == 512 or (long and T == 2048), scaling_T=T))
-    return cases

@@ -18,7 +18,7 @@ import torch
 from csrc import dispatch
 from csrc._build import load
 from csrc._checks import (
-    bench_case, require_device, require_kernel_dtype, require_like, require_tensors, require_wkv_head_and_state,
+    require_device, require_kernel_dtype, require_like, require_tensors, require_wkv_head_and_state,
 )
 
 MAX_HEAD_SIZE = 1024  # the CPU kernel's limit (kMaxHeadSize in wkv7_cpu.cpp)
@@ -108,41 +108,3 @@ dispatch.register(dispatch.Kernel("wkv7", "cpu", _run_cpu, lambda: load("wkv7", 
                                   limits={"head sizes": MAX_HEAD_SIZE}, reverse=True))
 dispatch.register(dispatch.Kernel("wkv7", "cuda", _run_cuda, lambda: load("wkv7", "cuda"),
                                   limits={"head sizes": CUDA_MAX_HEAD_SIZE}))
-
-
-def _bench_inputs(B, T, H, N, dtype, seed=0):
-    """Inputs in A-RWKV's ranges: w <= -0.5 (decay in [0.55, 1)), a = -kappa, b = kappa * a_rate."""
-    g = torch.Generator().manual_seed(seed)
-    shape = (B, T, H, N)
-    w = -torch.nn.functional.softplus(-torch.randn(shape, generator=g) * 2) - 0.5
-    kappa = torch.nn.functional.normalize(torch.randn(shape, generator=g), dim=-1)
-    x = dict(
-        r=torch.randn(shape, generator=g), w=w, k=torch.randn(shape, generator=g) * 0.5,
-        v=torch.randn(shape, generator=g), a=-kappa, b=kappa * torch.rand(shape, generator=g),
-    )
-    return {name: t.to(dtype) for name, t in x.items()}
-
-
-def bench_cases(long: bool) -> list[dict]:
-    """Cases for `hearscan bench kernels`: A-RWKV's shapes, ggml's anchor shapes and a T-scaling series.
-
-    A-RWKV: T = 496 tokens, C = 192/384/768 (H = 3/6/12, N = 64); the bidirectional pass scans both
-    directions (officially one batch [X; flip(X)], in hearscan a second call with reverse=True: the same
-    work), so a batch of 2 clips is a kernel batch of 4.  FLOP count 8 N^2 per head-token, as ggml.
-    """
-    N = 64
-
-    def case(name, B, T, H, reference=True, scaling_T=None):
-        return bench_case(name, f"B={B} T={T} H={H} N={N}", lambda dtype: _bench_inputs(B, T, H, N, dtype),
-                          flops=8 * N * N * B * T * H, tokens=B * T, reference=reference, scaling_T=scaling_T)
-
-    cases = [
-        case("ggml anchor C=384", 2, 496, 6),
-        case("A-RWKV-T bi (2 clips)", 4, 496, 3),
-        case("A-RWKV-S bi (2 clips)", 4, 496, 6),
-        case("A-RWKV-B bi (2 clips)", 4, 496, 12),
-        case("ggml anchor H=32", 4, 128, 32),
-    ]
-    for T in (512, 2048, 8192) + ((32768,) if long else ()):
-        cases.append(case(f"T-scaling T={T}", 2, T, 6, reference=T == 512 or (long and T == 2048), scaling_T=T))
-    return cases

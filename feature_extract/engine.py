@@ -31,12 +31,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from feature_extract.modules import ModuleSpec, file_sha256, import_module
-from formats.embeddings import DONE, MANIFEST, heareval_file_order, labels_for_timestamps, write_split_files
+from feature_extract.modules import (
+    WEIGHTS_FREE_DEFAULT, ModuleSpec, configured_specs, file_sha256, import_module, parse_specs,
+)
+from formats.embeddings import (
+    DONE, MANIFEST, heareval_file_order, labels_for_timestamps, make_seed_views, write_split_files,
+)
 from formats.taskdir import Task, audio_dir, find_tasks, probe_wav, read_task, read_wav
 from hearscan_core import __version__
 from hearscan_core.errors import AudioInputError, UserFacingError
 from hearscan_core.files import atomic_copy, atomic_write, atomic_write_json
+from hearscan_core.seeds import parse_seeds
 
 
 @dataclass
@@ -351,6 +356,29 @@ def format_summary(stats: list[ModuleStats]) -> str:
         if s.bad_files:
             lines.append(f"  skipped {len(s.bad_files)} bad file(s); listed in each task's {MANIFEST}")
     return "\n".join(lines)
+
+
+def extract(tasks_dir: Path, out_dir: Path, modules: list[str], options: list[str], seeds: str | None = None,
+            skip_bad: bool = False, max_batch_seconds: float = 120.0, progress: bool = True, log=print) -> list[ModuleStats]:
+    """`hearscan extract`: `modules` (MODULE[=CHECKPOINT] strings; none: those the environment configures,
+    else the weights-free default) with `options` ([MODULE:]KEY=VALUE strings) over every task under
+    `tasks_dir`, into `out_dir`; with `seeds` ("0-9"), also the per-seed views under `out_dir/seeds/`."""
+    seed_list = parse_seeds(seeds) if seeds else None
+    if not modules:
+        modules = [s.module + (f"={s.checkpoint}" if s.checkpoint else "") for s in configured_specs()]
+    if not modules:
+        warn_default_module()
+        modules = [WEIGHTS_FREE_DEFAULT]
+    specs = parse_specs(modules, options)
+    stats = Extractor(out_dir, skip_bad=skip_bad, max_batch_seconds=max_batch_seconds, progress=progress,
+                      log=log).run(tasks_dir, specs)
+    if seed_list:
+        for spec in specs:
+            for task_dir in sorted((Path(out_dir) / spec.tag).iterdir()):
+                if (task_dir / DONE).exists():
+                    make_seed_views(task_dir, Path(out_dir) / "seeds" / spec.tag, seed_list)
+        log(f"per-seed views for seeds {seed_list[0]}..{seed_list[-1]} under {Path(out_dir) / 'seeds'}")
+    return stats
 
 
 def warn_default_module() -> None:

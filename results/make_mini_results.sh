@@ -7,7 +7,7 @@
 #   4. hearscan probe --protocol heareval --seeds $HEAREVAL_SEEDS  (heareval's runner, stock 8-point grid)
 #   5. hearscan results      (tables, per-seed CSV, plots)   -> results/mini/
 #
-#   ./results/make_mini_results.sh [MODULE ...]        (default: logmel arwkv aum axlstm conrwkv ssast equiav)
+#   ./results/make_mini_results.sh [MODULE ...]        (default: every registered module, `hearscan modules --names`)
 #
 # Environment:
 #   WORK=/work/results-work   big intermediate data (tasks, embeddings, predictions); never committed
@@ -42,21 +42,15 @@ if [ -n "$HEAREVAL_GRID_POINTS" ]; then
   hv_args=(--grid-points "$HEAREVAL_GRID_POINTS")
 fi
 modules=("$@")
-[ ${#modules[@]} -gt 0 ] || modules=(logmel arwkv aum axlstm conrwkv ssast equiav)
+[ ${#modules[@]} -gt 0 ] || mapfile -t modules < <("$hs" modules --names)
 read -r -a heareval_modules <<< "${HEAREVAL_MODULES:-${modules[*]}}"
 
-# load_model options per module: smallest size; they name the embedding folder (heareval's tag), so only the
-# options that change the model go here.  No GPU is used (none here; device defaults to CPU without CUDA) and
-# the compiled scan kernels are forced for every module through HEARSCAN_SCAN_BACKEND (an error, not a silent
-# fallback to the PyTorch reference, if a kernel cannot be built).
-opts() {
-  case "$1" in
-    logmel) ;;
-    arwkv|conrwkv|axlstm|ssast) echo "-o size=tiny" ;;
-    aum) echo "-o size=tiny -o variant=fobi" ;;
-    equiav) echo "-o size=base" ;;   # the only size the module defines
-  esac
-}
+# load_model options per module: its smallest model, from the registry (`hearscan modules --smallest M`); they
+# name the embedding folder (heareval's tag), so only the options that change the model go there.  No GPU is
+# used (none here; device defaults to CPU without CUDA) and the compiled scan kernels are forced for every
+# module through HEARSCAN_SCAN_BACKEND (an error, not a silent fallback to the PyTorch reference, if a kernel
+# cannot be built).
+opts() { "$hs" modules --smallest "$1"; }
 export HEARSCAN_SCAN_BACKEND=compiled
 
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }

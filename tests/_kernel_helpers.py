@@ -112,13 +112,15 @@ def assert_bad_input_raises(op, kw, change, error, match, backend, have_kernel):
         op(**kw, backend=backend)
 
 
-def well_formed_bench_cases(module):
-    """The bench-case protocol: more cases with `long`, every case has the fields csrc/bench.py reads.
+def well_formed_bench_cases(op):
+    """The bench-case protocol: more cases with `long`, every case has the fields benchmarks/kernels.py reads.
 
     Returns the short list, for the op's own checks of inputs and FLOP counts.
     """
-    cases = module.bench_cases(long=True)
-    short = module.bench_cases(long=False)
+    from benchmarks.kernel_cases import cases as bench_cases
+
+    cases = bench_cases(op, long=True)
+    short = bench_cases(op, long=False)
     assert len(cases) > len(short)
     for case in cases:
         assert set(case) >= {"name", "shape", "make_inputs", "flops", "tokens"}

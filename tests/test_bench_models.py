@@ -6,7 +6,7 @@ import json
 import subprocess
 
 from _model_helpers import HEARSCAN
-from hear_modules import bench
+from benchmarks import models as bench
 
 
 def _args(**kw):

@@ -6,19 +6,15 @@ float32 sums, and the GPU's expf differs from glibc's by an ulp or two), bfloat1
 bfloat16 roundings of the output).  mLSTM is compared with the official quadratic parallel form.
 """
 
-import importlib
-
 import pytest
 import torch
 
 import csrc
+from benchmarks import kernel_cases
 from _kernel_helpers import WKV_STATE_TOL, WKV_TOL, run_in_chunks
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
-wkv7_mod = importlib.import_module("csrc.wkv7")
-wkv6_mod = importlib.import_module("csrc.wkv6")
-ss_mod = importlib.import_module("csrc.selective_scan")
 
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 
@@ -43,9 +39,9 @@ def scaled_close(got, want, rtol, atol):
 def wkv_inputs(op, B, T, H, N, dtype):
     """Positional inputs of csrc.wkv7 (r, w, k, v, a, b) or csrc.wkv6 (r, k, v, w, u), in the models' ranges."""
     if op == "wkv7":
-        x = wkv7_mod._bench_inputs(B, T, H, N, dtype)
+        x = kernel_cases.wkv7_inputs(B, T, H, N, dtype)
         return [x[name] for name in ("r", "w", "k", "v", "a", "b")]
-    x = wkv6_mod._bench_inputs(B, T, H, N, dtype)
+    x = kernel_cases.wkv6_inputs(B, T, H, N, dtype)
     return [x[name] for name in ("r", "k", "v", "w", "u")]
 
 
@@ -147,7 +143,7 @@ def test_wkv_cuda_head_size_above_its_limit(op):
 # ------------------------------------------------------------------------------------------ selective scan
 
 def ss_inputs(batch, dim, dstate, length, dtype, full=True):
-    kw = ss_mod._bench_inputs(batch, dim, dstate, length)(dtype)
+    kw = kernel_cases.selective_scan_inputs(batch, dim, dstate, length)(dtype)
     if not full:
         for name in ("z", "D", "delta_bias"):
             kw[name] = None

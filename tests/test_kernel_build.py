@@ -174,30 +174,40 @@ def test_compile_error_is_reported(tmp_path, monkeypatch, fresh_build_state):
 
 @pytest.mark.parametrize("op", ["wkv7", "wkv6"])
 def test_bench_cases_follow_the_protocol(op):
-    module = importlib.import_module(f"csrc.{op}")
-    cases = module.bench_cases(False)
+    from benchmarks import kernel_cases
+
+    cases = kernel_cases.cases(op, False)
     assert len(cases) >= 3 and any(c.get("scaling_T") for c in cases)
     assert any(c.get("scaling_T") == 512 and c["reference"] for c in cases)  # the 50x target is at T = 512
-    assert len(module.bench_cases(True)) > len(cases)
+    assert len(kernel_cases.cases(op, True)) > len(cases)
     for case in cases:
         assert {"name", "shape", "make_inputs", "flops", "tokens"} <= set(case)
         assert case["flops"] > 0 and case["tokens"] > 0
     kwargs = cases[0]["make_inputs"](torch.bfloat16)
-    assert getattr(module, op)(**kwargs, backend="compiled").dtype == torch.bfloat16
+    assert getattr(csrc, op)(**kwargs, backend="compiled").dtype == torch.bfloat16
+
+
+def test_every_op_has_bench_cases():
+    """The op registry (csrc.OPS) and the benchmark's cases name the same ops."""
+    from benchmarks import kernel_cases
+
+    assert set(kernel_cases.CASES) == set(csrc.OPS)
 
 
 def test_bench_kernels_command(monkeypatch, capsys):
     """The `hearscan bench kernels` runner on one small case per op: a table, and JSON with the ratios."""
     import argparse
 
-    from csrc import bench
+    from benchmarks import kernels as bench
+
+    from benchmarks import kernel_cases
 
     for op in ("wkv7", "wkv6"):
-        module = importlib.import_module(f"csrc.{op}")
-        small = [dict(c, make_inputs=(lambda dtype, m=module: m._bench_inputs(1, 24, 2, 64, dtype)),
-                      flops=1, tokens=24) for c in module.bench_cases(False)[:1]]
+        make = getattr(kernel_cases, f"{op}_inputs")
+        small = [dict(c, make_inputs=(lambda dtype, m=make: m(1, 24, 2, 64, dtype)),
+                      flops=1, tokens=24) for c in kernel_cases.cases(op, False)[:1]]
         small[0]["scaling_T"] = None
-        monkeypatch.setattr(module, "bench_cases", lambda long, s=small: s)
+        monkeypatch.setitem(kernel_cases.CASES, op, lambda long, s=small: s)
     parser = argparse.ArgumentParser()
     bench.register(parser.add_subparsers())
     args = parser.parse_args(["kernels", "--ops", "wkv7,wkv6", "--threads", "2", "--min-time", "0"])
@@ -219,7 +229,7 @@ def test_bench_kernels_command(monkeypatch, capsys):
 
 def test_cuda_bench_table(capsys):
     """The --device cuda table (its numbers come from a GPU; here a result of the shape bench_op_cuda returns)."""
-    from csrc import bench
+    from benchmarks import kernels as bench
 
     row = dict(name="A-RWKV-B bi (2 clips)", shape="B=4 T=496 H=12 N=64", scaling_T=None, compiled_ms=0.5,
                reference_ms=80.0, speedup=160.0, official="RWKV-LM wind_backstepping (fp32)", official_ms=0.6,
@@ -239,7 +249,7 @@ def test_cuda_bench_table(capsys):
 def test_official_sources_missing_are_named(tmp_path):
     """--rwkv-cuda / --mamba-cuda pointing at a folder without the sources: the missing files are named
     (checked before anything is built, so this runs without a GPU)."""
-    from csrc.bench_official_cuda import load_mamba_kernel, load_rwkv_kernels
+    from benchmarks.official_cuda import load_mamba_kernel, load_rwkv_kernels
 
     with pytest.raises(FileNotFoundError, match=r"RWKV-LM source\(s\) not found: .*wkv7_op_fp32.cpp.*"
                                                 r"is --rwkv-cuda a checkout of RWKV-LM"):
@@ -253,7 +263,7 @@ def test_official_sources_missing_are_named(tmp_path):
 def test_bench_kernels_on_cuda_without_a_gpu_is_explained():
     import argparse
 
-    from csrc import bench
+    from benchmarks import kernels as bench
     from hearscan_core.errors import UserFacingError
 
     parser = argparse.ArgumentParser()
@@ -278,7 +288,7 @@ Backend 1/1: CPU
 
 
 def test_parse_ggml_output_wall_and_patched_cpu_times():
-    from csrc.bench_ggml import parse_ggml
+    from benchmarks.ggml import parse_ggml
 
     rows = parse_ggml(GGML_STDOUT, "")
     assert [(r["op"], r["B"], r["T"], r["H"], r["N"], r["wall_us"]) for r in rows] == [
@@ -293,7 +303,7 @@ def test_bench_ggml_command_runs_both_side_by_side(tmp_path, capsys):
     """End to end against an executable that prints test-backend-ops' format (ggml itself is not built here)."""
     import argparse
 
-    from csrc import bench_ggml
+    from benchmarks import ggml as bench_ggml
 
     fake = tmp_path / "test-backend-ops"
     fake.write_text("#!/bin/sh\n[ \"$1\" = perf ] && [ \"$HS_THREADS\" = 1 ] || exit 3\ncat <<'EOF'\n"
@@ -323,7 +333,7 @@ GGML_SSM_STDOUT = """Backend 1/1: CPU
 
 
 def test_parse_ggml_ssm_scan_rows_mamba1_comparable_mamba2_not():
-    from csrc.bench_ggml import parse_ggml
+    from benchmarks.ggml import parse_ggml
 
     rows = parse_ggml(GGML_SSM_STDOUT, "HS cpu us/run 30000 wall us/run 31874\nHS cpu us/run 900.5 wall us/run 950\n")
     assert [(r["op"], r["B"], r["T"], r["D"], r["N"], r["head_dim"], r["comparable"], r["cpu_us"]) for r in rows] == [
@@ -335,7 +345,7 @@ def test_bench_ggml_compares_the_mamba1_selective_scan(tmp_path, capsys):
     is listed as skipped."""
     import argparse
 
-    from csrc import bench_ggml
+    from benchmarks import ggml as bench_ggml
 
     fake = tmp_path / "test-backend-ops"
     fake.write_text("#!/bin/sh\n[ \"$3\" = SSM_SCAN ] || exit 3\ncat <<'EOF'\n" + GGML_SSM_STDOUT + "EOF\n")
@@ -362,7 +372,7 @@ def test_bench_ggml_compares_the_mamba1_selective_scan(tmp_path, capsys):
 def test_bench_ggml_says_how_to_add_a_missing_perf_case(tmp_path):
     import argparse
 
-    from csrc import bench_ggml
+    from benchmarks import ggml as bench_ggml
     from hearscan_core.errors import UserFacingError
 
     fake = tmp_path / "test-backend-ops"
@@ -378,7 +388,7 @@ def test_bench_ggml_says_how_to_add_a_missing_perf_case(tmp_path):
 def test_bench_ggml_rejects_a_missing_binary(tmp_path):
     import argparse
 
-    from csrc import bench_ggml
+    from benchmarks import ggml as bench_ggml
     from hearscan_core.errors import UserFacingError
 
     parser = argparse.ArgumentParser()

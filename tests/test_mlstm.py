@@ -240,7 +240,7 @@ def test_bad_inputs_give_clear_errors(change, error, match, backend):
 
 
 def test_bench_cases_are_well_formed():
-    for case in well_formed_bench_cases(mlstm_mod):
+    for case in well_formed_bench_cases("mlstm"):
         kw = case["make_inputs"](torch.bfloat16)
         B, H, T, DH = kw["q"].shape
         assert kw["q"].dtype == torch.bfloat16 and case["tokens"] == B * T

@@ -92,27 +92,27 @@ def shape_of(row: dict) -> str:
 
 
 def time_ours(op: str, row: dict, threads: int, cpu_time: bool) -> float:
-    """Median microseconds per call of hearscan's compiled kernel at ggml's shape (csrc.bench's timer)."""
-    import importlib
-
+    """Median microseconds per call of hearscan's compiled kernel at ggml's shape (benchmarks.kernels' timer)."""
     import torch
 
-    from csrc.bench import _time_call
+    import csrc
+    from benchmarks import kernel_cases
+    from benchmarks.kernels import _time_call
 
-    module = importlib.import_module(f"csrc.{op}")
-    fn = getattr(module, op)
+    fn = getattr(csrc, op)
+    make = getattr(kernel_cases, f"{op}_inputs")
     if op == "selective_scan":  # ggml's SSM_SCAN: softplus(dt) inside, no D, z gate or dt bias
-        kwargs = module._bench_inputs(row["B"], row["D"], row["N"], row["T"])(torch.float32)
+        kwargs = make(row["B"], row["D"], row["N"], row["T"])(torch.float32)
         kwargs.update(D=None, z=None, delta_bias=None, delta_softplus=True)
     else:
-        kwargs = module._bench_inputs(row["B"], row["T"], row["H"], row["N"], torch.float32)
+        kwargs = make(row["B"], row["T"], row["H"], row["N"], torch.float32)
     torch.set_num_threads(threads)
     wall, cpu = _time_call(lambda: fn(**kwargs, backend="compiled"), min_time=0.3)
     return (cpu if cpu_time else wall) * 1e6
 
 
 def run(args) -> int:
-    from csrc.bench import torch_threads
+    from benchmarks.kernels import torch_threads
     from hearscan_core.errors import UserFacingError
 
     binary = str(Path(args.binary).expanduser())

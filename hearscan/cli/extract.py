@@ -37,29 +37,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from feature_extract.engine import Extractor, format_summary, warn_default_module
-    from feature_extract.modules import WEIGHTS_FREE_DEFAULT, configured_specs, parse_specs
-    from formats.embeddings import DONE, make_seed_views
-    from hearscan_core.seeds import parse_seeds
+    from feature_extract.engine import extract, format_summary
 
-    seeds = parse_seeds(args.seeds) if args.seeds else None
-    if args.modules:
-        specs = parse_specs(args.modules, args.option)
-    else:
-        specs = configured_specs()
-        if specs:
-            specs = parse_specs([s.module + (f"={s.checkpoint}" if s.checkpoint else "") for s in specs], args.option)
-        else:
-            warn_default_module()
-            specs = parse_specs([WEIGHTS_FREE_DEFAULT], args.option)
-    extractor = Extractor(args.out_dir, skip_bad=args.skip_bad, max_batch_seconds=args.max_batch_seconds,
-                          progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
-    stats = extractor.run(args.tasks_dir, specs)
-    if seeds:
-        for spec in specs:
-            for task_dir in sorted((args.out_dir / spec.tag).iterdir()):
-                if (task_dir / DONE).exists():
-                    make_seed_views(task_dir, args.out_dir / "seeds" / spec.tag, seeds)
-        print(f"per-seed views for seeds {seeds[0]}..{seeds[-1]} under {args.out_dir / 'seeds'}", file=sys.stderr)
+    stats = extract(args.tasks_dir, args.out_dir, args.modules, args.option, seeds=args.seeds,
+                    skip_bad=args.skip_bad, max_batch_seconds=args.max_batch_seconds, progress=not args.no_progress,
+                    log=lambda m: print(m, file=sys.stderr))
     print(format_summary(stats))
     return 0

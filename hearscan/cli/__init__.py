@@ -1,7 +1,9 @@
-"""The `hearscan` command.  Each area of the toolkit registers its own subcommands.
+"""The `hearscan` command: the roof over the stages.  Nothing in the project imports it.
 
-Every listed module exposes `register(subparsers)`, which adds its parsers and sets `func` on them.
-Imports here stay cheap (no torch at import) so that `hearscan --help` is instant.
+One module per command group, each exposing `register(subparsers)`, which adds its parsers and sets
+`func`; the handlers only parse arguments and call the stage (feature_extract, downstream, hearscan.tasks,
+hearscan.compat, benchmarks).  Imports here stay cheap (no torch at import) so that `hearscan --help` is
+instant.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import sys
 from hearscan_core.errors import UserFacingError
 
 SUBCOMMAND_MODULES = [
-    "hearscan.compat.cli",  # validate, heareval-embed, heareval-predict
-    "hearscan.tasks.cli",  # tasks build / tasks check
-    "feature_extract.cli",  # extract
-    "downstream.cli",  # probe, results
-    "hearscan.bench",  # bench kernels / models / probe
-    "hearscan.demo",  # demo: the whole chain on the embedded default
+    "hearscan.cli.modules",  # modules: the registered families
+    "hearscan.cli.heartools",  # validate, heareval-embed, heareval-predict
+    "hearscan.cli.tasks",  # tasks build / tasks check
+    "hearscan.cli.extract",  # extract
+    "hearscan.cli.probe",  # probe, results
+    "hearscan.cli.bench",  # bench kernels / ggml / models / probe / extract
+    "hearscan.cli.demo",  # demo: the whole chain on the embedded default
 ]
 
 

@@ -1,12 +1,6 @@
 """`hearscan bench kernels`: each compiled scan kernel against its PyTorch reference, side by side in one run.
 
-Protocol: every operator file `csrc/<op>.py` defines `bench_cases(long: bool) -> list[dict]`; a case is
-    {"name": str, "shape": str, "make_inputs": callable(dtype) -> kwargs for the op,
-     "flops": int (per call), "tokens": int (per call)}
-with optional keys
-    "reference": bool   time the reference too (default True; set False where its loop is too slow),
-    "scaling_T": int    the case belongs to the op's T-scaling line (cost per token against T).
-Operators whose file defines no `bench_cases` yet are skipped with a note.
+The cases: `benchmarks/kernel_cases.py`, one list per op of `csrc.OPS` (the one op registry).
 
 Printed per case: compiled ms, reference ms, speed-up (the median of three alternating rounds, each the
 reference call's time over the compiled calls' median just before it; also as a ratio of 1-thread CPU
@@ -21,21 +15,18 @@ Shared machines are noisy: compare ratios measured in the same run, not absolute
 loop on the same GPU (each call synchronised), tokens/s and GFLOP/s; for mLSTM also against the official
 quadratic parallel form (xLSTM's GPU path) on the GPU, with `--rwkv-cuda DIR` against RWKV-LM's own
 CUDA kernels for WKV-7 and WKV-6, and with `--mamba-cuda DIR` against mamba's selective-scan kernel, each
-built from that checkout's sources (csrc/bench_official_cuda.py).
+built from that checkout's sources (benchmarks/official_cuda.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import platform
 import statistics
 import sys
 import time
-
-OPS = ("wkv7", "wkv6", "selective_scan", "mlstm")
 
 
 def register(subparsers) -> None:
@@ -47,7 +38,7 @@ def register(subparsers) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     parser.add_argument("--long", action="store_true", help="add long-T cases (T = 32768) and slower references")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for the timings (default: all)")
-    parser.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
+    parser.add_argument("--ops", default=None, help="comma-separated subset of csrc.OPS (default: all)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="input dtype")
     parser.add_argument(
         "--min-time", type=float, default=0.3, help="seconds of repeated calls per compiled timing (default 0.3)"
@@ -151,18 +142,18 @@ def _side_by_side(compiled_fn, reference_fn, min_time: float, rounds: int = REFE
 def bench_op(op: str, long: bool, dtype, threads: int, min_time: float, info: dict, log) -> dict:
     import torch
 
-    module = importlib.import_module(f"csrc.{op}")
-    if not hasattr(module, "bench_cases"):
-        return {"op": op, "skipped": f"csrc/{op}.py defines no bench_cases yet"}
-    fn = getattr(module, op)
+    import csrc
+    from benchmarks.kernel_cases import cases
     from csrc import _build
+
+    fn = getattr(csrc, op)
 
     try:
         _build.load(op)
     except _build.KernelBuildError as err:
         return {"op": op, "skipped": f"compiled kernel unavailable: {err}"}
     rows = []
-    for case in module.bench_cases(long):
+    for case in cases(op, long):
         kwargs = case["make_inputs"](dtype)
         log(f"  {op} {case['name']} {case['shape']} ...")
         torch.set_num_threads(threads)
@@ -224,10 +215,11 @@ def _synced(call):
 
 def bench_op_cuda(op: str, long: bool, dtype, min_time: float, log, official=None) -> dict:
     """One op's CUDA kernel against the reference loop on the GPU (and the official kernel, when given)."""
+    import csrc
+    from benchmarks.kernel_cases import cases
     from csrc import _build
 
-    module = importlib.import_module(f"csrc.{op}")
-    fn = getattr(module, op)
+    fn = getattr(csrc, op)
 
     try:
         _build.load(op, "cuda")
@@ -235,10 +227,10 @@ def bench_op_cuda(op: str, long: bool, dtype, min_time: float, log, official=Non
         return {"op": op, "skipped": f"CUDA kernel unavailable: {err}"}
     theirs = official.get(op) if official else None
     if op == "mlstm":
-        theirs = ("official parallel form", lambda kw: module.mlstm_parallel_reference(
+        theirs = ("official parallel form", lambda kw: csrc.mlstm_parallel_reference(
             **{k: kw[k] for k in ("q", "k", "v", "igate", "fgate")}))
     rows = []
-    for case in module.bench_cases(long):
+    for case in cases(op, long):
         kwargs = _on_cuda(case["make_inputs"](dtype))
         log(f"  {op} {case['name']} {case['shape']} (cuda) ...")
         compiled, _ = _time_call(_synced(lambda: fn(**kwargs, backend="compiled")), min_time)
@@ -356,7 +348,9 @@ def run(args) -> int:
 
     from hearscan_core.errors import UserFacingError
 
-    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    from csrc import OPS
+
+    ops = [o.strip() for o in args.ops.split(",") if o.strip()] if args.ops else list(OPS)
     unknown = [o for o in ops if o not in OPS]
     if unknown:
         raise UserFacingError(f"unknown kernel(s) {', '.join(unknown)} in --ops; choose from {', '.join(OPS)}")
@@ -405,11 +399,11 @@ def run_cuda(args, ops: list[str], dtype, log) -> int:
         )
     official = {}
     if args.rwkv_cuda:
-        from csrc.bench_official_cuda import load_rwkv_kernels
+        from benchmarks.official_cuda import load_rwkv_kernels
 
         official.update(load_rwkv_kernels(args.rwkv_cuda, log, dtype))
     if args.mamba_cuda:
-        from csrc.bench_official_cuda import load_mamba_kernel
+        from benchmarks.official_cuda import load_mamba_kernel
 
         official.update(load_mamba_kernel(args.mamba_cuda, log))
     gpu = torch.cuda.get_device_name()

@@ -243,7 +243,7 @@ def scaling(args) -> dict:
             del model
             base = None
             for seconds in lengths:
-                cmd = [sys.executable, "-m", "hear_modules.bench", "_point", "--module", name,
+                cmd = [sys.executable, "-m", "benchmarks.models", "_point", "--module", name,
                        "--config", json.dumps(config), "--seconds", str(seconds)]
                 if accepts_device:
                     cmd += ["--device", args.device]
@@ -297,7 +297,7 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":
-    cli = argparse.ArgumentParser(prog="python -m hear_modules.bench")
+    cli = argparse.ArgumentParser(prog="python -m benchmarks.models")
     sub = cli.add_subparsers(dest="action", required=True)
     point = sub.add_parser("_point", help="internal: one scaling point (run by `hearscan bench models --lengths`)")
     point.add_argument("--module", required=True)

@@ -1,0 +1,5 @@
+import sys
+
+from hearscan.cli import main
+
+sys.exit(main())
