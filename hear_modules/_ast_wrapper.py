@@ -47,7 +47,7 @@ from torch import nn
 from hear_modules._audio import check_audio_batch
 from hear_modules._checkpoint import load_strict, read_checkpoint
 from hear_modules._layers import PatchEmbed, sincos_2d
-from hear_modules._options import Option, common, parse_options, positive_int, warn_random_weights
+from hear_modules._options import Option, common, parse_options, positive_int, seeded, warn_random_weights
 from hearscan_core.errors import CheckpointError, UserFacingError
 
 SAMPLE_RATE = 16000
@@ -349,7 +349,8 @@ def build_wrapper(family: str, make_encoder, config_fn, model_file_path: str, op
     ckpt = find_checkpoint(model_file_path, family, size)
     if ckpt is None:
         size = size or "tiny"
-        encoder = make_encoder({"dim": WIDTHS[size], "depth": DEFAULT_DEPTH}, opts)
+        with seeded(0):
+            encoder = make_encoder({"dim": WIDTHS[size], "depth": DEFAULT_DEPTH}, opts)
         encoder.init_random(torch.Generator().manual_seed(0))
         warn_random_weights(family, f"NO WEIGHTS GIVEN - {size}", f"Pass the official weights folder, or set ${ENV_MODEL_DIR}.")
     else:

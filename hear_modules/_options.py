@@ -9,6 +9,7 @@ fails here, at load time, with csrc's reason, rather than in the middle of a run
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
 from dataclasses import dataclass
@@ -100,6 +101,15 @@ def _check_scan(module: str, backend: str | None, ops: tuple[str, ...], device: 
         raise UserFacingError(f"hear_modules.{module}: scan_backend='compiled' unavailable: {err}") from err
     except ValueError as err:
         raise UserFacingError(f"hear_modules.{module}: {err}") from err
+
+
+@contextlib.contextmanager
+def seeded(seed: int = 0):
+    """Build a random-weights model under this: every draw (constructors' default inits included) comes from
+    `seed`, so the same default loads the same weights in any process; the global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def warn_random_weights(module: str, what: str, advice: str) -> None:

@@ -62,7 +62,7 @@ from hear_modules._audio import check_audio_batch
 from hear_modules._checkpoint import load_strict, read_checkpoint, strip_prefix
 from hear_modules._frontend import kaldi_fbank
 from hear_modules._layers import PatchEmbed, RMSNorm
-from hear_modules._options import Option, common, parse_options, warn_random_weights
+from hear_modules._options import Option, common, parse_options, seeded, warn_random_weights
 from hear_modules._windows import batch_timestamps, column_centres_ms, run_in_batches, timestamps_inside, window_starts
 from hearscan_core.errors import CheckpointError, UserFacingError
 
@@ -322,8 +322,7 @@ def config_from_state_dict(state_dict: dict, source: str) -> dict:
 
 def _random_init(model: AudioMamba) -> None:
     """Mamba/Vim initialisation (seed 0, the global RNG untouched): S4D-real A, dt in [1e-3, 0.1]."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with seeded(0):
         for module in model.modules():
             if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
                 module.reset_parameters()

@@ -43,7 +43,7 @@ from hear_modules._audio import check_audio_batch
 from hear_modules._checkpoint import load_strict, read_checkpoint
 from hear_modules._frontend import kaldi_fbank
 from hear_modules._layers import Block, PatchEmbed, sincos_2d
-from hear_modules._options import Option, common, parse_options, positive_int, warn_random_weights
+from hear_modules._options import Option, common, parse_options, positive_int, seeded, warn_random_weights
 from hear_modules._windows import (
     batch_timestamps, column_centres_ms, merge_columns, run_in_batches, timestamps_inside, window_starts,
 )
@@ -223,7 +223,8 @@ def load_model(model_file_path: str = "", **options) -> EquiAVAudio:
         load_strict(model, state, str(path))
         model.checkpoint_path = str(path)
     else:
-        model = EquiAVAudio()
+        with seeded(0):
+            model = EquiAVAudio()
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():
             for name, p in model.named_parameters():

@@ -249,11 +249,9 @@ def test_bfloat16_runs_close_to_float32(audio, expected):
 
 
 @pytest.mark.skipif(not hearscan_validate_available(), reason="`hearscan validate` not available yet")
-@pytest.mark.parametrize("with_checkpoint", [True, False])
-def test_hear_validator_passes(with_checkpoint):
-    cmd = [str(HEARSCAN), "validate", "hear_modules.arwkv", "--device", "cpu"]
-    if with_checkpoint:
-        cmd += ["--model", str(CHECKPOINT)]
+def test_hear_validator_passes_with_checkpoint():
+    """(Without weights: tests/test_modules.py, for every module.)"""
+    cmd = [str(HEARSCAN), "validate", "hear_modules.arwkv", "--device", "cpu", "--model", str(CHECKPOINT)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
