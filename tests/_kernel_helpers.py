@@ -19,6 +19,28 @@ WKV_TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=
 WKV_STATE_TOL = dict(atol=1e-4, rtol=1e-4)
 
 
+# Every op's test file runs its kernel tests on each device here: the CPU always, CUDA when present.
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+
+
+def to_device(x, device="cuda"):
+    """Tensors (in a dict, list or tuple) moved to `device`; anything else unchanged."""
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_device(v, device) for v in x)
+    return x.to(device) if isinstance(x, torch.Tensor) else x
+
+
+def scaled_close(got, want, rtol, atol):
+    """assert_close in float32 with atol scaled by the largest |want| (long sequences grow large values)."""
+    got, want = got.float().cpu(), want.float().cpu()
+    scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
+    torch.testing.assert_close(got, want, rtol=rtol, atol=atol * scale)
+
+
 def kernel_marker(op):
     """(whether the compiled `op` kernel builds here, a skipif marker for tests that need it)."""
     try:

@@ -18,6 +18,11 @@ import torch
 
 import csrc
 from _kernel_helpers import (
+    DEVICES,
+    DTYPES,
+    needs_cuda,
+    scaled_close,
+    to_device,
     assert_bad_input_raises,
     assert_reference_never_calls_kernel,
     kernel_marker,
@@ -245,3 +250,72 @@ def test_bench_cases_are_well_formed():
         B, H, T, DH = kw["q"].shape
         assert kw["q"].dtype == torch.bfloat16 and case["tokens"] == B * T
         assert case["flops"] == 4 * DH * DH * H * T * B
+
+
+# --- on each device: the CPU always, CUDA when present (the CUDA kernel: csrc/mlstm_cuda.cu) -----------
+
+def mlstm_inputs(B, H, T, DH, dtype, DV=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(B, H, T, DH, generator=g).to(dtype) for _ in range(2))
+    v = torch.randn(B, H, T, DV or DH, generator=g).to(dtype)
+    return dict(q=q, k=k, v=v, igate=torch.randn(B, H, T, generator=g) * 2,
+                fgate=torch.randn(B, H, T, generator=g) * 2 + 3)
+
+
+MLSTM_SHAPES = [  # (B, H, T, DH): AxLSTM's 4 heads of 96 / 192 / 384 on 251 tokens among them
+    (1, 1, 1, 1),
+    (2, 4, 1, 16),
+    (2, 3, 37, 16),
+    (1, 4, 100, 24),
+    (2, 4, 251, 96),
+    (1, 4, 251, 192),
+    (1, 2, 251, 384),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@DTYPES
+@pytest.mark.parametrize("shape", MLSTM_SHAPES, ids=lambda s: "B{}H{}T{}DH{}".format(*s))
+def test_compiled_on_each_device_equals_official_parallel_form(shape, dtype, device):
+    kw = mlstm_inputs(*shape, dtype)
+    want = csrc.mlstm_parallel_reference(**kw)
+    got = csrc.mlstm(**to_device(kw, device), backend="compiled")
+    assert got.device.type == device and got.dtype == dtype
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    scaled_close(got, want, **tol)
+
+
+@needs_cuda
+def test_mlstm_cuda_state_value_width_and_chunks():
+    """A value width unlike q/k's, an initial state, and chunks with the state carried (bit for bit)."""
+    kw = mlstm_inputs(2, 2, 90, 40, torch.float32, DV=72)
+    first = {n: v[:, :, :30] for n, v in kw.items()}
+    _, state = csrc.mlstm(**first, return_state=True, backend="reference")
+    rest = {n: v[:, :, 30:] for n, v in kw.items()}
+    h_ref, (C_ref, n_ref, m_ref) = csrc.mlstm(**rest, state=state, return_state=True, backend="reference")
+    h, (C, n, m) = csrc.mlstm(**to_device(rest), state=to_device(state), return_state=True, backend="compiled")
+    scaled_close(h, h_ref, rtol=1e-4, atol=1e-5)
+    for got, want in ((C, C_ref), (n, n_ref), (m, m_ref)):
+        scaled_close(got, want, rtol=1e-4, atol=1e-5)
+    kw = to_device(kw)
+    full, s_full = csrc.mlstm(**kw, return_state=True, backend="compiled")
+
+    def run(lo, hi, st):
+        return csrc.mlstm(**{n: v[:, :, lo:hi] for n, v in kw.items()}, state=st, return_state=True,
+                          backend="compiled")
+
+    ys, st = run_in_chunks(run, [(0, 45), (45, 46), (46, 90)])
+    torch.testing.assert_close(torch.cat(ys, dim=2), full, atol=0, rtol=0)
+    for got, want in zip(st, s_full):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+@needs_cuda
+def test_mlstm_cuda_empty_and_wide():
+    kw = to_device(mlstm_inputs(1, 2, 0, 32, torch.float32))
+    h, (C, n, m) = csrc.mlstm(**kw, return_state=True, backend="compiled")
+    assert h.shape == (1, 2, 0, 32) and torch.isinf(m).all() and not C.any() and not n.any()
+    wide = to_device(mlstm_inputs(1, 1, 5, 520, torch.float32))
+    scaled_close(csrc.mlstm(**wide), csrc.mlstm_parallel_reference(**wide), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="CUDA kernel takes q/k widths up to 512, got 520"):
+        csrc.mlstm(**wide, backend="compiled")

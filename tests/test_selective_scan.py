@@ -15,8 +15,14 @@ import torch
 import dataclasses
 
 import csrc
+from benchmarks import kernel_cases
 from csrc import dispatch
 from _kernel_helpers import (
+    DEVICES,
+    DTYPES,
+    needs_cuda,
+    scaled_close,
+    to_device,
     assert_bad_input_raises,
     assert_reference_never_calls_kernel,
     kernel_marker,
@@ -333,3 +339,103 @@ def test_bench_cases_are_well_formed():
         kw = case["make_inputs"](torch.bfloat16)
         assert kw["u"].dtype == torch.bfloat16
         assert case["flops"] == 6 * kw["u"].shape[1] * kw["A"].shape[1] * case["tokens"]
+
+
+# --- on each device: the CPU always, CUDA when present (the CUDA kernel: csrc/selective_scan_cuda.cu) -----
+
+def ss_inputs(batch, dim, dstate, length, dtype, full=True):
+    kw = kernel_cases.selective_scan_inputs(batch, dim, dstate, length)(dtype)
+    if not full:
+        for name in ("z", "D", "delta_bias"):
+            kw[name] = None
+        kw["delta_softplus"] = False
+        kw["delta"] = kw["delta"].float().sigmoid().to(dtype)  # positive steps without the softplus
+    return kw
+
+
+SS_SHAPES = [  # (batch, channels, d_state, length)
+    (1, 1, 16, 1),
+    (1, 2, 16, 5000),   # three chunks of 2048 steps, the last one partial
+    (1, 2, 16, 1100),   # one chunk of 2048 steps, mostly past the end
+    (2, 3, 16, 700),    # two warps of 16 steps (the block's shapes change at 128, 256, 512 and 1024 steps)
+    (2, 3, 16, 200),
+    (2, 5, 16, 37),
+    (2, 7, 8, 100),
+    (1, 3, 24, 65),     # d_state not a power of two
+    (2, 4, 64, 33),     # more states than a one-warp group has threads (its carries loop over them)
+    (2, 384, 16, 513),  # AuM-tiny
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@DTYPES
+@pytest.mark.parametrize("full", [True, False], ids=["z-D-bias-softplus", "bare"])
+@pytest.mark.parametrize("shape", SS_SHAPES, ids=lambda s: "B{}D{}N{}L{}".format(*s))
+def test_compiled_on_each_device_equals_reference(shape, dtype, full, device):
+    """The device's kernel (compiled) against the reference on the CPU copies of the same inputs."""
+    kw = ss_inputs(*shape, dtype, full)
+    g = torch.Generator().manual_seed(2)
+    kw["state"] = torch.randn(shape[0], shape[1], shape[2], generator=g) * 0.1
+    y_ref, h_ref = csrc.selective_scan(**kw, return_state=True, backend="reference")
+    y, h = csrc.selective_scan(**to_device(kw, device), return_state=True, backend="compiled")
+    assert y.device.type == device and y.dtype == dtype and h.dtype == torch.float32
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    scaled_close(y, y_ref, **tol)
+    scaled_close(h, h_ref, rtol=1e-4, atol=1e-4)
+
+
+@needs_cuda
+def test_selective_scan_cuda_long_and_chunked():
+    kw = ss_inputs(1, 48, 16, 4096, torch.float32)
+    y_ref, h_ref = csrc.selective_scan(**kw, return_state=True, backend="reference")
+    kw = to_device(kw)
+    y, h = csrc.selective_scan(**kw, return_state=True, backend="compiled")
+    scaled_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    scaled_close(h, h_ref, rtol=1e-4, atol=1e-4)
+
+    def run(lo, hi, state):
+        part = dict(kw, **{n: kw[n][..., lo:hi] for n in ("u", "delta", "z", "B", "C")})
+        return csrc.selective_scan(**part, state=state, return_state=True, backend="compiled")
+
+    ys, state = run_in_chunks(run, [(0, 1000), (1000, 1001), (1001, 4096)])
+    # Not bit for bit: the kernel splits time over a thread block, so where a call starts changes how
+    # the float32 products are grouped (measured differences are a few ulp).
+    scaled_close(torch.cat(ys, dim=-1), y, rtol=1e-5, atol=1e-6)
+    scaled_close(state, h, rtol=1e-5, atol=1e-6)
+
+
+@needs_cuda
+def test_selective_scan_cuda_fo_bi_on_flipped_views():
+    """AuM's backward direction: time-flipped (non-contiguous) inputs, as the module passes them."""
+    kw = ss_inputs(2, 32, 16, 77, torch.float32)
+    flipped = {n: (v.flip(-1) if n in ("u", "delta", "z", "B", "C") else v) for n, v in kw.items()}
+    want = csrc.selective_scan(**flipped, backend="reference")
+    got_views = {n: (v.to("cuda").flip(-1) if n in ("u", "delta", "z", "B", "C") else to_device(v)) for n, v in kw.items()}
+    scaled_close(csrc.selective_scan(**got_views, backend="compiled"), want, rtol=1e-4, atol=1e-4)
+    # reverse=True (flipped copies on CUDA) equals the backward direction in step order
+    got_rev = csrc.selective_scan(**to_device(kw), backend="compiled", reverse=True)
+    scaled_close(got_rev, want.flip(-1), rtol=1e-4, atol=1e-4)
+
+
+@needs_cuda
+def test_selective_scan_cuda_mixed_dtypes():
+    """bfloat16 u, delta and z with float32 B and C: the kernel reads all of them in one dtype (float32 here)."""
+    kw = ss_inputs(2, 8, 16, 300, torch.bfloat16)
+    kw["B"], kw["C"] = kw["B"].float() * 1.001, kw["C"].float() * 1.001  # not representable in bfloat16
+    want = csrc.selective_scan(**kw, backend="reference")
+    got = csrc.selective_scan(**to_device(kw), backend="compiled")
+    assert got.dtype == torch.bfloat16
+    scaled_close(got, want, rtol=1e-2, atol=1e-2)
+
+
+@needs_cuda
+def test_selective_scan_cuda_zero_length_and_large_d_state():
+    kw = to_device(ss_inputs(2, 3, 16, 0, torch.float32))
+    kw["state"] = torch.randn(2, 3, 16, device="cuda")
+    y, h = csrc.selective_scan(**kw, return_state=True, backend="compiled")
+    assert y.shape == (2, 3, 0)
+    torch.testing.assert_close(h, kw["state"], atol=0, rtol=0)
+    big = to_device(ss_inputs(1, 2, 80, 9, torch.float32))
+    torch.testing.assert_close(csrc.selective_scan(**big), csrc.selective_scan(**big, backend="reference"))
+    with pytest.raises(ValueError, match="CUDA kernel takes d_state up to 64, got 80"):
+        csrc.selective_scan(**big, backend="compiled")
