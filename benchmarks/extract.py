@@ -12,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.stamp import stamp
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("extract", help="extraction speed: hearscan vs heareval's embeddings runner")
@@ -76,7 +78,7 @@ def run(args) -> int:
         "speedup": round(t_heareval / t_ours, 2), "outputs_equal": same,
     }
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps({"meta": stamp("extract"), **result}, indent=2))
     else:
         print(f"extraction of {result['clips']} clips ({result['audio_hours']} h) with {module} on {tasks}")
         print(f"  heareval embeddings runner: {t_heareval:8.1f} s (incl. its process start)")

@@ -28,6 +28,8 @@ import statistics
 import sys
 import time
 
+from benchmarks.stamp import stamp
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -367,7 +369,8 @@ def run(args) -> int:
     with torch_threads():
         results = [bench_op(op, args.long, dtype, threads, args.min_time, info, log) for op in ops]
     if args.json:
-        print(json.dumps({"cpu": info, "threads": threads, "dtype": args.dtype, "torch": torch.__version__,
+        print(json.dumps({"meta": stamp("kernels"), "device": "cpu", "cpu": info, "threads": threads,
+                          "dtype": args.dtype, "torch": torch.__version__,
                           "results": results}, indent=2))
     else:
         print_table(results, info, threads, args.dtype)
@@ -410,7 +413,8 @@ def run_cuda(args, ops: list[str], dtype, log) -> int:
     _gpu_warmup()
     results = [bench_op_cuda(op, args.long, dtype, args.min_time, log, official) for op in ops]
     if args.json:
-        print(json.dumps({"gpu": gpu, "dtype": args.dtype, "torch": torch.__version__, "cuda": torch.version.cuda,
+        print(json.dumps({"meta": stamp("kernels"), "device": "cuda", "gpu": gpu, "dtype": args.dtype,
+                          "torch": torch.__version__, "cuda": torch.version.cuda,
                           "results": results}, indent=2))
     else:
         print_cuda_table(results, gpu, args.dtype)

@@ -25,12 +25,13 @@ import contextlib
 import importlib
 import io
 import json
-import os
 import resource
 import subprocess
 import sys
 import time
 import warnings
+
+from benchmarks.stamp import stamp
 
 
 def register(subparsers) -> None:
@@ -286,7 +287,7 @@ def _format_point(row: dict) -> str:
 def run(args) -> int:
     result = scaling(args) if args.lengths else throughput(args)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps({"meta": stamp("models"), **result}, indent=2))
     else:
         for note in result["notes"]:
             print(f"note: {note}")

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.stamp import stamp
+
 
 def _run(cmd: list[str]) -> float:
     t0 = time.perf_counter()
@@ -45,16 +47,17 @@ def bench(args) -> int:
     else:
         tasks = [write_synthetic_task(work / "emb", "bench_scene", module="synthetic", n_per_split=args.clips,
                                       n_labels=10, dim=args.dim, separation=1.0, seed=0)]
-    print(f"bench probe: {len(tasks)} task(s): " + ", ".join(f"{t.parent.name}/{t.name}" for t in tasks))
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log(f"bench probe: {len(tasks)} task(s): " + ", ".join(f"{t.parent.name}/{t.name}" for t in tasks))
     hearscan = [sys.executable, "-m", "hearscan.cli"]
     paths = [str(t) for t in tasks]
     seeds = f"0-{args.seeds - 1}"
 
-    print(f"  linear probe, seeds {seeds}, one process ...", flush=True)
+    log(f"  linear probe, seeds {seeds}, one process ...")
     linear_s = _run(hearscan + ["probe", *paths, "--seeds", seeds, "--out", str(work / "pred")])
     k = min(args.heareval_runs, args.seeds)
-    print(f"  heareval runner (grid {args.grid}, {args.grid_points or 'default'} grid points), seeds 0-{k - 1}, "
-          "one process per seed ...", flush=True)
+    log(f"  heareval runner (grid {args.grid}, {args.grid_points or 'default'} grid points), seeds 0-{k - 1}, "
+        "one process per seed ...")
     protocol = "heareval-fork" if args.grid == "fork" else "heareval"
     cmd = hearscan + ["probe", *paths, "--seeds", f"0-{k - 1}", "--protocol", protocol, "--out", str(work / "pred")]
     if args.grid_points:
@@ -64,6 +67,12 @@ def bench(args) -> int:
 
     lin = _scores(work / "pred", "linear")
     her = _scores(work / "pred", protocol)
+    if args.json:
+        print(json.dumps({"meta": stamp("probe"), "tasks": [str(t) for t in tasks], "seeds": args.seeds,
+                          "linear_s": linear_s, "linear_scores": lin, "heareval_protocol": protocol,
+                          "heareval_seeds_measured": k, "heareval_s": heareval_s, "heareval_all_seeds_s": heareval_10,
+                          "heareval_scores": her, "speedup": heareval_10 / linear_s}, indent=2))
+        return 0
     print()
     print(f"{'':<34}{'wall s':>10}{'seeds':>7}{'mean score':>12}")
     print(f"{'hearscan linear probe':<34}{linear_s:>10.1f}{len(lin):>7}{sum(lin) / len(lin):>12.4f}")
@@ -86,4 +95,5 @@ def register(subparsers) -> None:
     p.add_argument("--grid-points", type=int, default=None, help="heareval grid points (default: 8 stock, 2 fork)")
     p.add_argument("--clips", type=int, default=300, help="synthetic task: clips per split (default 300)")
     p.add_argument("--dim", type=int, default=128, help="synthetic task: embedding size (default 128)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     p.set_defaults(func=bench)

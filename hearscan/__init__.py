@@ -1,10 +1,11 @@
 """hearscan: HEAR-compatible embedding evaluation for linear-time audio backbones.
 
-This package holds the command line (`hearscan.cli`), the HEAR-stack compatibility layer
-(`hearscan.compat`), the task-suite builders and checker (`hearscan.tasks`) and the benchmarks
-(`hearscan.bench`).  The data path itself lives in the top-level packages:
-task dir -> `feature_extract` -> embeddings dir -> `downstream` -> scores -> `results/`.
-The HEAR modules live in `hear_modules`, their scan kernels in `csrc`.
+This package holds the `hearscan` command (`hearscan.cli`, the roof over the stages), the HEAR-stack
+compatibility layer (`hearscan.compat`) and the task-suite builders and checker (`hearscan.tasks`).  The
+data path lives in the top-level packages: task dir -> `feature_extract` -> embeddings dir ->
+`downstream` -> predictions dir -> `results/`, through the on-disk contracts in `formats`, on the ground
+floor `hearscan_core`; the model families are `hear_modules`, their scan kernels `csrc`, the benchmarks
+`benchmarks`.
 """
 
-__version__ = "0.1.0"
+from hearscan_core import __version__  # noqa: F401

@@ -194,7 +194,7 @@ def test_every_op_has_bench_cases():
     assert set(kernel_cases.CASES) == set(csrc.OPS)
 
 
-def test_bench_kernels_command(monkeypatch, capsys):
+def test_bench_kernels_command(monkeypatch, capsys, tmp_path):
     """The `hearscan bench kernels` runner on one small case per op: a table, and JSON with the ratios."""
     import argparse
 
@@ -225,6 +225,23 @@ def test_bench_kernels_command(monkeypatch, capsys):
     assert len(row["speedup_rounds"]) == bench.REFERENCE_ROUNDS
     assert row["speedup"] == statistics.median(row["speedup_rounds"])
     assert doc["cpu"]["fp32_peak_gflops_per_core"] > 0
+    # the JSON is stamped, and the report renders it under its command, date and machine
+    assert doc["meta"]["benchmark"] == "kernels" and doc["meta"]["machine"]["cores"] >= 1
+    from benchmarks import report
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "kernels-test.json").write_text(json.dumps(doc))
+    text = report.render(data)
+    assert "## Scan kernels" in text and "### kernels-test" in text and doc["meta"]["date"] in text
+    assert f"| wkv7 | {row['name']} | {row['shape']} | {row['compiled_ms']:.3f} |" in text
+
+
+def test_docs_benchmarks_md_is_generated_from_the_committed_json():
+    """docs/benchmarks.md is exactly what `python -m benchmarks.report` writes from docs/bench-data/."""
+    from benchmarks import report
+
+    assert report.OUT.read_text() == report.render(), "docs/benchmarks.md is stale: run python -m benchmarks.report"
 
 
 def test_cuda_bench_table(capsys):
