@@ -47,19 +47,23 @@ def wkv7_cases(long: bool) -> list[dict]:
     directions (officially one batch [X; flip(X)], in hearscan a second call with reverse=True: the same
     work), so a batch of 2 clips is a kernel batch of 4.  FLOP count 8 N^2 per head-token, as ggml.
     """
+    shapes = [("ggml anchor C=384", 2, 496, 6), ("A-RWKV-T bi (2 clips)", 4, 496, 3),
+              ("A-RWKV-S bi (2 clips)", 4, 496, 6), ("A-RWKV-B bi (2 clips)", 4, 496, 12),
+              ("ggml anchor H=32", 4, 128, 32)]
+    return _wkv_cases(wkv7_inputs, 8, shapes, long)
+
+
+def _wkv_cases(inputs, flops_per_state_element: int, shapes, long: bool) -> list[dict]:
+    """WKV cases at `shapes` (name, B, T, H), N = 64, plus the T-scaling series at B=2 H=6 (the reference
+    timed at T = 512, and 2048 with `long`); FLOPs = flops_per_state_element * N^2 per head-token, as ggml."""
     N = 64
 
     def make(name, B, T, H, reference=True, scaling_T=None):
-        return case(name, f"B={B} T={T} H={H} N={N}", lambda dtype: wkv7_inputs(B, T, H, N, dtype),
-                          flops=8 * N * N * B * T * H, tokens=B * T, reference=reference, scaling_T=scaling_T)
+        return case(name, f"B={B} T={T} H={H} N={N}", lambda dtype: inputs(B, T, H, N, dtype),
+                    flops=flops_per_state_element * N * N * B * T * H, tokens=B * T, reference=reference,
+                    scaling_T=scaling_T)
 
-    cases = [
-        make("ggml anchor C=384", 2, 496, 6),
-        make("A-RWKV-T bi (2 clips)", 4, 496, 3),
-        make("A-RWKV-S bi (2 clips)", 4, 496, 6),
-        make("A-RWKV-B bi (2 clips)", 4, 496, 12),
-        make("ggml anchor H=32", 4, 128, 32),
-    ]
+    cases = [make(*shape) for shape in shapes]
     for T in (512, 2048, 8192) + ((32768,) if long else ()):
         cases.append(make(f"T-scaling T={T}", 2, T, 6, reference=T == 512 or (long and T == 2048), scaling_T=T))
     return cases
@@ -85,19 +89,7 @@ def wkv6_cases(long: bool) -> list[dict]:
 
     FLOP count 6 N^2 per head-token, as ggml counts WKV-6.
     """
-    N = 64
-
-    def make(name, B, T, H, reference=True, scaling_T=None):
-        return case(name, f"B={B} T={T} H={H} N={N}", lambda dtype: wkv6_inputs(B, T, H, N, dtype),
-                          flops=6 * N * N * B * T * H, tokens=B * T, reference=reference, scaling_T=scaling_T)
-
-    cases = [
-        make("ggml anchor C=384", 2, 496, 6),
-        make("C=768 (12 heads)", 2, 496, 12),
-    ]
-    for T in (512, 2048, 8192) + ((32768,) if long else ()):
-        cases.append(make(f"T-scaling T={T}", 2, T, 6, reference=T == 512 or (long and T == 2048), scaling_T=T))
-    return cases
+    return _wkv_cases(wkv6_inputs, 6, [("ggml anchor C=384", 2, 496, 6), ("C=768 (12 heads)", 2, 496, 12)], long)
 
 
 # --- selective_scan --------------------------------------------------------------------------------------

@@ -98,12 +98,12 @@ def assert_wkv_head_groups_equal_reference(op, make_inputs):
                 assert_wkv_compiled_equals_reference(op, make_inputs(*shape), shape, torch.float32)
 
 
-def assert_wkv_long_sequence(op, x):
-    """A long sequence against the reference: y and the state within 1e-4 of their largest value."""
+def assert_wkv_long_sequence(op, x, device="cpu"):
+    """A long sequence on `device` against the reference: y and the state within 1e-4 of their largest value."""
     y_ref, s_ref = op(*x, return_state=True, backend="reference")
-    y, s = op(*x, return_state=True, backend="compiled")
-    assert (y - y_ref).abs().max() <= 1e-4 * y_ref.abs().max()
-    assert (s - s_ref).abs().max() <= 1e-4 * s_ref.abs().max()
+    y, s = op(*to_device(x, device), return_state=True, backend="compiled")
+    assert (y.cpu() - y_ref).abs().max() <= 1e-4 * y_ref.abs().max()
+    assert (s.cpu() - s_ref).abs().max() <= 1e-4 * s_ref.abs().max()
 
 
 def assert_empty_sequence_keeps_the_state(op, x, s0, backend):
@@ -147,3 +147,56 @@ def well_formed_bench_cases(op):
     for case in cases:
         assert set(case) >= {"name", "shape", "make_inputs", "flops", "tokens"}
     return short
+
+
+# --- the WKV checks on each device (the CPU always, CUDA when present); `inputs(B, T, H, N, dtype)` gives
+# the op's positional inputs in the models' ranges -----------------------------------------------------------
+
+WKV_DEVICE_SHAPES = [
+    (1, 1, 1, 64),     # T = 1
+    (2, 37, 3, 64),    # odd T, batch > 1, A-RWKV-T's 3 heads
+    (1, 61, 2, 64),    # T not a multiple of 16
+    (3, 16, 2, 32),
+    (2, 17, 2, 20),    # a head size padded to the next block size
+    (1, 9, 1, 128),
+    (4, 496, 12, 64),  # A-RWKV-B, bidirectional batch of 2 clips
+]
+
+
+def assert_wkv_on_device_equals_reference(op, inputs, shape, dtype, device):
+    """The device's kernel (compiled) against the reference on the CPU copies of the same inputs."""
+    x = inputs(*shape, dtype)
+    g = torch.Generator().manual_seed(1)
+    s0 = torch.randn(shape[0], shape[2], shape[3], shape[3], generator=g) * 0.1
+    y_ref, s_ref = op(*x, state=s0, return_state=True, backend="reference")
+    y, s = op(*to_device(x, device), state=s0.to(device), return_state=True, backend="compiled")
+    assert y.device.type == device and y.dtype == dtype and y.shape == x[0].shape
+    assert s.dtype == torch.float32 and s.shape == s0.shape
+    torch.testing.assert_close(y.cpu(), y_ref, **WKV_TOL[dtype])
+    torch.testing.assert_close(s.cpu(), s_ref, **WKV_STATE_TOL)
+
+
+def assert_wkv_cuda_checks(op, inputs, per_token: int):
+    """On CUDA: T = 8192 against the reference; chunks [0, 50), [50, 51), [51, 130) with the state carried equal
+    one pass bit for bit (`per_token`: how many leading inputs have a time axis); T = 0 keeps the state; equal
+    to the CPU kernel; a head size over 128 runs the reference under "auto" and is refused under "compiled"."""
+    assert_wkv_long_sequence(op, inputs(1, 8192, 2, 64, torch.float32), device="cuda")
+    x = to_device(inputs(2, 130, 3, 64, torch.float32))
+    full, s_full = op(*x, return_state=True, backend="compiled")
+
+    def run(lo, hi, state):
+        seq = [t[:, lo:hi] for t in x[:per_token]] + list(x[per_token:])
+        return op(*seq, state=state, return_state=True, backend="compiled")
+
+    ys, state = run_in_chunks(run, [(0, 50), (50, 51), (51, 130)])
+    torch.testing.assert_close(torch.cat(ys, dim=1), full, atol=0, rtol=0)
+    torch.testing.assert_close(state, s_full, atol=0, rtol=0)
+    s0 = torch.randn(2, 3, 64, 64, device="cuda")
+    assert_empty_sequence_keeps_the_state(op, to_device(inputs(2, 0, 3, 64, torch.float32)), s0, "compiled")
+    x = inputs(2, 100, 6, 64, torch.float32)
+    torch.testing.assert_close(op(*to_device(x), backend="compiled").cpu(), op(*x, backend="compiled"),
+                               **WKV_TOL[torch.float32])
+    x = to_device(inputs(1, 5, 1, 160, torch.float32))
+    torch.testing.assert_close(op(*x), op(*x, backend="reference"))  # auto
+    with pytest.raises(ValueError, match="CUDA kernel takes head sizes up to 128, got 160"):
+        op(*x, backend="compiled")

@@ -18,13 +18,15 @@ import csrc
 from _kernel_helpers import (
     DEVICES,
     DTYPES,
+    WKV_DEVICE_SHAPES,
     WKV_STATE_TOL,
-    WKV_TOL,
     WKV_TOL as TOL,
     assert_empty_sequence_keeps_the_state,
+    assert_wkv_cuda_checks,
     assert_wkv_compiled_equals_reference,
     assert_wkv_head_groups_equal_reference,
     assert_wkv_long_sequence,
+    assert_wkv_on_device_equals_reference,
     restoring_threads,
     needs_cuda,
     run_in_chunks,
@@ -252,110 +254,36 @@ def test_inputs_requiring_grad_use_the_differentiable_reference():
 
 # --- on each device: the CPU always, CUDA when present (the CUDA kernel: csrc/wkv7_cuda.cu) -----------
 
-def wkv_inputs(op, B, T, H, N, dtype):
-    """Positional inputs of csrc.wkv7 (r, w, k, v, a, b) or csrc.wkv6 (r, k, v, w, u), in the models' ranges."""
+def device_inputs(B, T, H, N, dtype):
+    """Positional inputs of csrc.wkv7 ("r", "w", "k", "v", "a", "b"), in the models' ranges."""
     x = kernel_cases.wkv7_inputs(B, T, H, N, dtype)
     return [x[name] for name in ("r", "w", "k", "v", "a", "b")]
 
 
-WKV_OPS = {"wkv7": csrc.wkv7}
-WKV_SHAPES = [
-    (1, 1, 1, 64),     # T = 1
-    (2, 37, 3, 64),    # odd T, batch > 1, A-RWKV-T's 3 heads
-    (1, 61, 2, 64),    # T not a multiple of 16
-    (3, 16, 2, 32),
-    (2, 17, 2, 20),    # a head size padded to the next block size
-    (1, 9, 1, 128),
-    (4, 496, 12, 64),  # A-RWKV-B, bidirectional batch of 2 clips
-]
-
-
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("op", WKV_OPS)
 @DTYPES
-@pytest.mark.parametrize("shape", WKV_SHAPES, ids=lambda s: "B{}T{}H{}N{}".format(*s))
-def test_compiled_on_each_device_equals_reference(op, shape, dtype, device):
-    """The device's kernel (compiled) against the reference on the CPU copies of the same inputs."""
-    fn = WKV_OPS[op]
-    x = wkv_inputs(op, *shape, dtype)
-    g = torch.Generator().manual_seed(1)
-    s0 = torch.randn(shape[0], shape[2], shape[3], shape[3], generator=g) * 0.1
-    y_ref, s_ref = fn(*x, state=s0, return_state=True, backend="reference")
-    y, s = fn(*to_device(x, device), state=s0.to(device), return_state=True, backend="compiled")
-    assert y.device.type == device and y.dtype == dtype and y.shape == x[0].shape
-    assert s.dtype == torch.float32 and s.shape == s0.shape
-    torch.testing.assert_close(y.cpu(), y_ref, **WKV_TOL[dtype])
-    torch.testing.assert_close(s.cpu(), s_ref, **WKV_STATE_TOL)
+@pytest.mark.parametrize("shape", WKV_DEVICE_SHAPES, ids=lambda s: "B{}T{}H{}N{}".format(*s))
+def test_compiled_on_each_device_equals_reference(shape, dtype, device):
+    assert_wkv_on_device_equals_reference(csrc.wkv7, device_inputs, shape, dtype, device)
 
 
 @needs_cuda
-@pytest.mark.parametrize("op", WKV_OPS)
-def test_wkv_cuda_long_sequence_t8192(op):
-    x = wkv_inputs(op, 1, 8192, 2, 64, torch.float32)
-    y_ref, s_ref = WKV_OPS[op](*x, return_state=True, backend="reference")
-    y, s = WKV_OPS[op](*to_device(x), return_state=True, backend="compiled")
-    assert (y.cpu() - y_ref).abs().max() <= 1e-4 * y_ref.abs().max()
-    assert (s.cpu() - s_ref).abs().max() <= 1e-4 * s_ref.abs().max()
-
-
-@needs_cuda
-@pytest.mark.parametrize("op", WKV_OPS)
-def test_wkv_cuda_chunked_with_carried_state_equals_one_pass(op):
-    """The same kernel over [0, 50), [50, 51), [51, 130) with the state carried equals one pass, bit for bit."""
-    fn = WKV_OPS[op]
-    x = to_device(wkv_inputs(op, 2, 130, 3, 64, torch.float32))
-    full, s_full = fn(*x, return_state=True, backend="compiled")
-
-    def run(lo, hi, state):
-        seq = [t[:, lo:hi] for t in x[:4]] + ([x[4][:, lo:hi], x[5][:, lo:hi]] if op == "wkv7" else [x[4]])
-        return fn(*seq, state=state, return_state=True, backend="compiled")
-
-    ys, state = run_in_chunks(run, [(0, 50), (50, 51), (51, 130)])
-    torch.testing.assert_close(torch.cat(ys, dim=1), full, atol=0, rtol=0)
-    torch.testing.assert_close(state, s_full, atol=0, rtol=0)
+def test_cuda_long_chunked_empty_and_limits():
+    assert_wkv_cuda_checks(csrc.wkv7, device_inputs, per_token=6)
 
 
 @needs_cuda
 def test_wkv7_cuda_bidirectional_on_flipped_views():
     """A-RWKV's use: [X; flip(X)] through one call, and a time-flipped (non-contiguous) view directly."""
-    x = wkv_inputs("wkv7", 2, 45, 3, 64, torch.float32)
+    x = device_inputs(2, 45, 3, 64, torch.float32)
     flipped = [t.flip(1) for t in x]
     both = to_device([torch.cat([a, b]) for a, b in zip(x, flipped)])
     y = csrc.wkv7(*both, backend="compiled").cpu()
-    torch.testing.assert_close(y[:2], csrc.wkv7(*x, backend="reference"), **WKV_TOL[torch.float32])
+    torch.testing.assert_close(y[:2], csrc.wkv7(*x, backend="reference"), **TOL[torch.float32])
     y_bwd_ref = csrc.wkv7(*flipped, backend="reference")
-    torch.testing.assert_close(y[2:], y_bwd_ref, **WKV_TOL[torch.float32])
+    torch.testing.assert_close(y[2:], y_bwd_ref, **TOL[torch.float32])
     views = [t.to("cuda").flip(1)[:, :, :, :] for t in x]
-    torch.testing.assert_close(csrc.wkv7(*views, backend="compiled").cpu(), y_bwd_ref, **WKV_TOL[torch.float32])
+    torch.testing.assert_close(csrc.wkv7(*views, backend="compiled").cpu(), y_bwd_ref, **TOL[torch.float32])
     # reverse=True (flipped copies on CUDA) equals the backward direction in token order
     y_rev = csrc.wkv7(*to_device(x), backend="compiled", reverse=True).cpu()
-    torch.testing.assert_close(y_rev, y_bwd_ref.flip(1), **WKV_TOL[torch.float32])
-
-
-@needs_cuda
-@pytest.mark.parametrize("op", WKV_OPS)
-def test_wkv_cuda_empty_sequence_keeps_the_state(op):
-    x = to_device(wkv_inputs(op, 2, 0, 3, 64, torch.float32))
-    s0 = torch.randn(2, 3, 64, 64, device="cuda")
-    y, s = WKV_OPS[op](*x, state=s0, return_state=True, backend="compiled")
-    assert y.shape == (2, 0, 3, 64)
-    torch.testing.assert_close(s, s0, atol=0, rtol=0)
-
-
-@needs_cuda
-@pytest.mark.parametrize("op", WKV_OPS)
-def test_wkv_cuda_equals_the_cpu_kernel(op):
-    x = wkv_inputs(op, 2, 100, 6, 64, torch.float32)
-    torch.testing.assert_close(WKV_OPS[op](*to_device(x), backend="compiled").cpu(),
-                               WKV_OPS[op](*x, backend="compiled"), **WKV_TOL[torch.float32])
-
-
-@needs_cuda
-@pytest.mark.parametrize("op", WKV_OPS)
-def test_wkv_cuda_head_size_above_its_limit(op):
-    """N = 160 > 128: "auto" runs the reference on the GPU, "compiled" says why not."""
-    x = to_device(wkv_inputs(op, 1, 5, 1, 160, torch.float32))
-    y = WKV_OPS[op](*x)  # auto
-    torch.testing.assert_close(y, WKV_OPS[op](*x, backend="reference"))
-    with pytest.raises(ValueError, match="CUDA kernel takes head sizes up to 128, got 160"):
-        WKV_OPS[op](*x, backend="compiled")
+    torch.testing.assert_close(y_rev, y_bwd_ref.flip(1), **TOL[torch.float32])
