@@ -14,9 +14,6 @@ import math
 
 import torch
 
-# metric name -> whether the batched form exists (scene metrics); event metrics need post-processing
-BATCHED = ("top1_acc", "pitch_acc", "chroma_acc", "mAP", "aucroc", "d_prime")
-
 
 def _average_precision(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """scores (M, n, C), targets (n, C) -> per-model per-class AP (M, C); NaN for classes without positives.

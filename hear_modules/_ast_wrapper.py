@@ -46,6 +46,7 @@ from torch import nn
 
 from hear_modules._audio import check_audio_batch
 from hear_modules._checkpoint import load_strict, read_checkpoint
+from hear_modules.registry import AXLSTM_MODEL_DIR as ENV_MODEL_DIR
 from hear_modules._layers import PatchEmbed, sincos_2d
 from hear_modules._options import Option, common, parse_options, positive_int, seeded, warn_random_weights
 from hearscan_core.errors import CheckpointError, UserFacingError
@@ -58,7 +59,6 @@ PATCH_T, PATCH_F = 4, 16
 GRID_F = N_MELS // PATCH_F  # 5 frequency bands
 WIDTHS = {"tiny": 192, "small": 384, "base": 768}
 DEFAULT_DEPTH = 12
-ENV_MODEL_DIR = "PT_AXLSTM_MODEL_DIR"
 # official weights folder names (hear_configs/*.py), looked up under $PT_AXLSTM_MODEL_DIR
 OFFICIAL_FOLDERS = {
     ("axlstm", "tiny"): "axlstm_tiny_200_16x4_4x256_fp16_r1",

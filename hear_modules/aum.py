@@ -207,7 +207,7 @@ class AudioMamba(nn.Module):
                  d_conv: int = D_CONV, expand: int = EXPAND, dt_rank: int | None = None, norm: str = "audioset",
                  scan_backend: str | None = None):
         super().__init__()
-        self.variant, self.norm_name = variant, norm
+        self.variant = variant
         self.norm_mean, self.norm_std = NORM_STATS[norm]
         self.scene_embedding_size = self.timestamp_embedding_size = dim
         dt_rank = dt_rank or math.ceil(dim / 16)
@@ -227,10 +227,6 @@ class AudioMamba(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.cls_token.dtype
-
-    def set_scan_backend(self, backend: str) -> None:
-        for layer in self.layers:
-            layer.mixer.scan_backend = backend
 
     # frontend ------------------------------------------------------------------------------------------
     def fbank(self, audio: torch.Tensor, target_length: int = TARGET_FRAMES):

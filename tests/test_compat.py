@@ -329,6 +329,17 @@ def test_validator_rejects_a_broken_module_from_the_callers_folder(tmp_path, mon
     assert {p.name for p in tmp_path.iterdir()} <= {"broken_hear_module.py", "__pycache__"}  # nothing written here
 
 
+def test_validate_a_module_that_does_not_import_names_it_without_a_traceback(tmp_path, monkeypatch, capsys):
+    from hearscan.cli import main
+
+    (tmp_path / "unimportable_hear_module.py").write_text("import no_such_package_for_hearscan\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", "unimportable_hear_module"]) == 2
+    err = capsys.readouterr().err
+    assert "unimportable_hear_module cannot be imported" in err and "no_such_package_for_hearscan" in err
+    assert "Traceback" not in err
+
+
 def test_launcher_rejects_unknown_fix_names():
     out = subprocess.run([PY, "-m", "hearscan.compat.launch", "validator", "--disable", "everything"],
                          capture_output=True, text=True, timeout=120)

@@ -196,10 +196,16 @@ def test_wrong_duration(clean, tmp_path):
     one_defect(task, "audio", "0.750 s")
 
 
-def test_silent_audio(clean, tmp_path):
+def test_silent_audio_is_a_warning_and_the_check_passes(clean, tmp_path, capsys):
+    """Silence is valid input (extract embeds it): `tasks check` names the clip but exits 0."""
     task = copy_task(clean, tmp_path)
     sf.write(first_wav(task), np.zeros(16000), 16000, subtype="PCM_16")
-    one_defect(task, "audio", "silent")
+    assert one_defect(task, "audio", "silent").warning
+    assert not [d for d in check_task_dir(task) if not d.warning]
+    capsys.readouterr()
+    assert hearscan_main(["tasks", "check", str(task)]) == 0
+    out = capsys.readouterr().out
+    assert "[audio warning]" in out and "silent" in out and "1 ok, 0 with defects (0 defects, 1 warnings)" in out
 
 
 def test_unlisted_wav(clean, tmp_path):

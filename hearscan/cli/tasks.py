@@ -80,19 +80,23 @@ def _check(args) -> int:
     from hearscan.tasks.check import check_task_dir
 
     dirs = find_task_dirs(args.dirs)
-    bad_tasks = n_defects = 0
+    bad_tasks = n_defects = n_warnings = 0
     for d in tqdm(dirs, desc="checking", unit="task", disable=len(dirs) < 2, file=sys.stderr):
-        defects = check_task_dir(d)
+        found = check_task_dir(d)
+        defects = [x for x in found if not x.warning]
+        warnings = [x for x in found if x.warning]
+        n_warnings += len(warnings)
         if not defects:
-            tqdm.write(f"ok      {d}")
-            continue
-        bad_tasks += 1
-        n_defects += len(defects)
-        tqdm.write(f"DEFECTS {d}: {len(defects)}")
-        for defect in defects[: args.max_per_task]:
+            tqdm.write(f"ok      {d}" + (f" ({len(warnings)} warning(s))" if warnings else ""))
+        else:
+            bad_tasks += 1
+            n_defects += len(defects)
+            tqdm.write(f"DEFECTS {d}: {len(defects)}")
+        shown = defects + warnings
+        for defect in shown[: args.max_per_task]:
             tqdm.write(f"  {defect}")
-        if len(defects) > args.max_per_task:
-            tqdm.write(f"  ... and {len(defects) - args.max_per_task} more (--max-per-task to see them)")
+        if len(shown) > args.max_per_task:
+            tqdm.write(f"  ... and {len(shown) - args.max_per_task} more (--max-per-task to see them)")
     print(f"checked {len(dirs)} task(s): {len(dirs) - bad_tasks} ok, {bad_tasks} with defects "
-          f"({n_defects} defects)")
+          f"({n_defects} defects, {n_warnings} warnings)")
     return 1 if bad_tasks else 0

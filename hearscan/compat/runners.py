@@ -112,6 +112,24 @@ def _check_module(module: str) -> None:
         )
 
 
+def _check_importable(module: str) -> None:
+    """Import `module` in a scratch process first: a module that raises on import gets one line naming it,
+    the exception and the fix, instead of the HEAR tool's traceback."""
+    code = ("import importlib, sys, traceback\n"
+            f"sys.path.insert(0, {os.getcwd()!r})\n"
+            f"try:\n    importlib.import_module({module!r})\n"
+            "except BaseException as err:\n"
+            "    print(f'{type(err).__name__}: {err}'.splitlines()[0] if str(err) else type(err).__name__)\n"
+            "    sys.exit(1)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tempfile.gettempdir())
+    if out.returncode != 0:
+        why = (out.stdout.strip().splitlines() or out.stderr.strip().splitlines() or ["?"])[-1]
+        raise UserFacingError(
+            f"{module} cannot be imported ({why}); fix the module or install what it needs "
+            f"(`python -c 'import {module}'` shows the traceback)"
+        )
+
+
 def _model_path(model_path) -> str | None:
     if model_path in (None, ""):
         return None
@@ -166,6 +184,7 @@ def run_validator(module: str, model_path=None, device: str | None = None, verbo
     """hear-validator on `module` (+ weights file).  Raises HearToolError when the module fails it."""
     module = resolve_module(module)
     _check_module(module)
+    _check_importable(module)
     tool_args = [module]
     path = _model_path(model_path)
     if path:

@@ -10,7 +10,8 @@ file, what is wrong and what to do.  Kinds:
     labels        a label not in the vocabulary, a scene clip without labels, a multiclass clip with
                   several labels, an event without label/start/end or with end < start
     audio         a wav listed but missing or unreadable, wrong sample rate, not mono, wrong duration,
-                  silent/non-finite, or a wav on disk that no split lists
+                  non-finite, or a wav on disk that no split lists; a silent clip is only a warning (silence
+                  is valid input for every module and for `hearscan extract`)
     sample_rate   no 16000/ folder for the task
 """
 
@@ -45,9 +46,10 @@ class Defect:
     path: str
     message: str
     fix: str
+    warning: bool = False  # worth a look, but valid input (a silent clip): `tasks check` still passes
 
     def __str__(self) -> str:
-        return f"[{self.kind}] {self.path}: {self.message} -> {self.fix}"
+        return f"[{self.kind}{' warning' if self.warning else ''}] {self.path}: {self.message} -> {self.fix}"
 
 
 def _load_json(path: Path, kind: str, defects: list[Defect], what: str):
@@ -218,7 +220,8 @@ def _check_audio(wav: Path, meta: dict, defects: list[Defect]) -> None:
     if not np.all(np.isfinite(data)):
         defects.append(Defect("audio", str(wav), "contains NaN or inf", "re-create the file"))
     elif not np.any(data):
-        defects.append(Defect("audio", str(wav), "all zeros (silent)", "check the source clip"))
+        defects.append(Defect("audio", str(wav), "all zeros (silent)",
+                              "check the source clip (silence is valid input; this is only a warning)", warning=True))
 
 
 def check_task_dir(path: Path | str) -> list[Defect]:
@@ -260,6 +263,3 @@ def check_task_dir(path: Path | str) -> list[Defect]:
                                       f"{split}.json", "list it in the split file or delete it"))
     return defects
 
-
-def check_task_dirs(paths) -> dict[str, list[Defect]]:
-    return {str(p): check_task_dir(p) for p in paths}
