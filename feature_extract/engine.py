@@ -257,9 +257,12 @@ class Extractor:
     def _embed_split(self, loaded, task, split, folder, lengths, work, stats):
         chunks = work / f".chunks-{split}"
         chunks.mkdir(exist_ok=True)
-        batches = plan_batches(lengths, loaded.sample_rate, self.max_batch_seconds)
-        todo = [(i, b) for i, b in enumerate(batches) if not (chunks / f"batch-{i:06d}.npz").exists()]
-        bar = tqdm(total=sum(len(b) for b in batches), initial=sum(len(b) for b in batches) - sum(len(b) for _, b in todo),
+        # Chunks are keyed by the clips they hold, not by a batch plan: a resume keeps every verified chunk and
+        # plans batches only for the clips still missing (with this run's --max-batch-seconds).
+        done, next_index = self._verified_chunks(chunks, set(lengths), f"{loaded.spec.tag}/{task.name}/{split}")
+        remaining = {name: n for name, n in lengths.items() if name not in done}
+        todo = list(enumerate(plan_batches(remaining, loaded.sample_rate, self.max_batch_seconds), start=next_index))
+        bar = tqdm(total=len(lengths), initial=len(lengths) - len(remaining),
                    desc=f"{loaded.spec.tag} {task.name} {split}", unit="clip", disable=not self.progress,
                    leave=False, file=sys.stderr)
 
@@ -281,11 +284,39 @@ class Extractor:
                 arrays = {"names": np.array(batch), "embeddings": emb.astype(np.float32)}
                 if ts is not None:
                     arrays["timestamps"] = ts.astype(np.float32)
-                tmp = chunks / f"batch-{i:06d}.tmp.npz"
+                tmp = chunks / f"batch-{i:06d}.tmp.npz"  # np.savez keeps a name ending in .npz
                 np.savez(tmp, **arrays)
-                os.replace(tmp, chunks / f"batch-{i:06d}.npz")
+                final = chunks / f"batch-{i:06d}.npz"
+                os.replace(tmp, final)
+                # its size and checksum, written last: a chunk without a matching record is redone on resume
+                atomic_write_json(_chunk_record(final), {"size": final.stat().st_size, "sha256": file_sha256(str(final))})
                 bar.update(len(batch))
         bar.close()
+
+    def _verified_chunks(self, chunks: Path, names: set[str], where: str) -> tuple[set[str], int]:
+        """The clips held by this split's finished chunks, and the next free chunk index.  A chunk whose size
+        or checksum does not match its record (truncated, overwritten, or written without one) is removed,
+        with a one-line notice, and its clips are computed again."""
+        done, next_index = set(), 0
+        for path in sorted(chunks.glob("batch-*[0-9].npz")):
+            record = _chunk_record(path)
+            try:
+                expect = json.loads(record.read_text())
+                ok = path.stat().st_size == expect["size"] and file_sha256(str(path)) == expect["sha256"]
+                if ok:
+                    with np.load(path) as z:
+                        held = set(z["names"].tolist())
+                    ok = held <= names
+            except (OSError, ValueError, KeyError, TypeError):
+                ok = False
+            if not ok:
+                self.log(f"{where}: {path.name} is damaged or incomplete; recomputing its clips")
+                path.unlink()
+                record.unlink(missing_ok=True)
+                continue
+            done |= held
+            next_index = max(next_index, int(path.stem.split("-")[1]) + 1)
+        return done, next_index
 
     def _check_embeddings(self, emb, ts, batch, task, loaded):
         where = f"{loaded.spec.module} on {task.name} (files {batch[:3]}{'...' if len(batch) > 3 else ''})"
@@ -339,6 +370,10 @@ class Extractor:
                 labels.append(task.splits[split][name])
         write_split_files(work, split, (total, dim), fill, labels, filename_timestamps if task.is_event else None)
         shutil.rmtree(work / f".chunks-{split}")
+
+
+def _chunk_record(chunk: Path) -> Path:
+    return chunk.with_name(chunk.name + ".json")
 
 
 def _now() -> str:

@@ -121,6 +121,29 @@ def audio_dir(task: Task, sample_rate: int) -> Path:
     return folder
 
 
+def wav_truncation(path: Path) -> tuple[int, int] | None:
+    """(bytes of audio the header declares, bytes the file holds) for a RIFF/WAVE file whose data chunk is
+    cut short; None when it is whole or not a WAV (libsndfile reads what is there and says nothing)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            size = os.fstat(f.fileno()).st_size
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                declared = int.from_bytes(chunk[4:], "little")
+                if chunk[:4] == b"data":
+                    held = size - f.tell()
+                    # 0xFFFFFFFF (and 0): a streaming writer that never knew the size
+                    return (declared, held) if 0 < declared < 0xFFFFFFF0 and held < declared else None
+                f.seek(declared + (declared & 1), os.SEEK_CUR)
+    except OSError:
+        return None
+
+
 def probe_wav(path: Path, sample_rate: int) -> int:
     """Check a wav's header and return its length in samples; errors name the file and the fix."""
     if not path.is_file():
@@ -143,6 +166,12 @@ def probe_wav(path: Path, sample_rate: int) -> int:
         )
     if info.frames == 0:
         raise AudioInputError(f"{path} is empty (0 samples); replace it or pass --skip-bad")
+    cut = wav_truncation(path)
+    if cut:
+        raise AudioInputError(
+            f"{path} is truncated: its header declares {cut[0]} bytes of audio but the file holds {cut[1]}; "
+            "restore or re-export it, or pass --skip-bad to leave it out"
+        )
     return int(info.frames)
 
 

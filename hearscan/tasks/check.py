@@ -24,7 +24,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from formats.taskdir import EMBEDDING_TYPES, METRICS, PREDICTION_TYPES, SAMPLE_RATE, SPLIT_MODES
+from formats.taskdir import EMBEDDING_TYPES, METRICS, PREDICTION_TYPES, SAMPLE_RATE, SPLIT_MODES, wav_truncation
 
 REQUIRED_KEYS = {
     "task_name": str,
@@ -207,6 +207,11 @@ def _check_audio(wav: Path, meta: dict, defects: list[Defect]) -> None:
         defects.append(Defect("audio", str(wav), f"{info.channels} channels", "mix down to mono"))
     if data.shape[0] == 0:
         defects.append(Defect("audio", str(wav), "no samples", "re-create the file"))
+        return
+    cut = wav_truncation(wav)
+    if cut:
+        defects.append(Defect("audio", str(wav), f"truncated: the header declares {cut[0]} bytes of audio, the "
+                              f"file holds {cut[1]}", "restore or re-export the file (it is corrupt, not short)"))
         return
     duration = meta.get("sample_duration")
     if isinstance(duration, (int, float)) and duration > 0:
