@@ -16,6 +16,7 @@ chunks on disk and produces the same bytes as an uninterrupted run.
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 import platform
@@ -39,7 +40,7 @@ from formats.embeddings import (
 )
 from formats.taskdir import Task, audio_dir, find_tasks, probe_wav, read_task, read_wav
 from hearscan_core import __version__
-from hearscan_core.errors import AudioInputError, UserFacingError
+from hearscan_core.errors import AudioInputError, DiskFullError, UserFacingError
 from hearscan_core.files import atomic_copy, atomic_write, atomic_write_json
 from hearscan_core.seeds import parse_seeds
 
@@ -174,7 +175,13 @@ class Extractor:
             if loaded is None:
                 self.log(f"loading {spec.module}" + (f" from {spec.checkpoint}" if spec.checkpoint else ""))
                 loaded = LoadedModule(spec)
-            self.run_task(loaded, task, stats)
+            try:
+                self.run_task(loaded, task, stats)
+            except OSError as err:
+                if err.errno != errno.ENOSPC:
+                    raise
+                _remove_temps(self.out_dir / spec.tag / f".partial-{task.name}")
+                raise DiskFullError(self.out_dir) from None
             stats.tasks_done += 1
         stats.wall_seconds = time.perf_counter() - start
         return stats
@@ -370,6 +377,12 @@ class Extractor:
                 labels.append(task.splits[split][name])
         write_split_files(work, split, (total, dim), fill, labels, filename_timestamps if task.is_event else None)
         shutil.rmtree(work / f".chunks-{split}")
+
+
+def _remove_temps(work: Path) -> None:
+    """This process's half-written files in an unfinished task folder (the finished chunks stay)."""
+    for tmp in list(work.rglob(f"*.tmp-{os.getpid()}")) + list(work.rglob("batch-*.tmp.npz")):
+        tmp.unlink(missing_ok=True)
 
 
 def _chunk_record(chunk: Path) -> Path:

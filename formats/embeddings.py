@@ -23,6 +23,7 @@ files (nothing copied), so each seed's outputs stay apart.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import pickle
@@ -35,7 +36,7 @@ import numpy as np
 from intervaltree import IntervalTree
 
 from formats.taskdir import SPLIT_MODES
-from hearscan_core.errors import UserFacingError
+from hearscan_core.errors import DiskFullError, UserFacingError
 from hearscan_core.files import atomic_write, temp_sibling
 
 DONE = ".done.embeddings"  # a finished embeddings task folder carries it (heareval's runner writes it too)
@@ -315,7 +316,8 @@ def write_split_files(task_dir: Path, split: str, shape: tuple[int, int], fill, 
     task_dir.mkdir(parents=True, exist_ok=True)
     final = task_dir / f"{split}.embeddings.npy"
     tmp = temp_sibling(final)
-    memmap = np.memmap(tmp, dtype=np.float32, mode="w+", shape=tuple(shape))
+    reserve(tmp, 4 * int(np.prod(shape)))
+    memmap = np.memmap(tmp, dtype=np.float32, mode="r+", shape=tuple(shape))
     fill(memmap)
     memmap.flush()
     del memmap
@@ -325,6 +327,24 @@ def write_split_files(task_dir: Path, split: str, shape: tuple[int, int], fill, 
         ft = [[f, float(t)] for f, t in filename_timestamps]
         atomic_write(task_dir / f"{split}.filename-timestamps.json", json.dumps(ft, indent=4))
     os.replace(tmp, final)
+
+
+def reserve(path: Path, nbytes: int) -> None:
+    """Create `path` with `nbytes` allocated on disk, so that filling it as a memmap can never meet a full
+    disk (on a sparse file it would: the process dies of SIGBUS).  A full disk is a DiskFullError."""
+    try:
+        with open(path, "wb") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, max(nbytes, 1))
+            except OSError as err:
+                if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without fallocate: go on
+                    raise
+            f.truncate(nbytes)
+    except OSError as err:
+        path.unlink(missing_ok=True)
+        if err.errno == errno.ENOSPC:
+            raise DiskFullError(path.parent, nbytes) from None
+        raise
 
 
 def write_split(

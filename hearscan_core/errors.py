@@ -15,3 +15,14 @@ class CheckpointError(UserFacingError):
 
 class AudioInputError(UserFacingError):
     """An audio file or array that cannot be used: corrupt, missing, wrong rate, stereo, NaN, too short."""
+
+
+class DiskFullError(UserFacingError):
+    """The disk filled up while writing: names the folder, what was needed (when known) and how to resume."""
+
+    def __init__(self, folder, needed_bytes: int | None = None):
+        need = f" ({needed_bytes / 1e6:.1f} MB more were needed)" if needed_bytes else ""
+        super().__init__(
+            f"the disk holding {folder} is full{need}; nothing half-written was kept and finished tasks are "
+            "intact: free some space (or write to another folder), then run the same command again to resume"
+        )

@@ -138,3 +138,46 @@ def test_a_clip_shorter_than_one_frame_is_refused_by_name(tasks, tmp_path):
     meta.write_text(json.dumps(dict(json.loads(meta.read_text()), sample_duration=None)))  # clips of any length
     run = extract(root, tmp_path / "out")
     assert_one_line_error(run, "logmel", "shorter than one analysis frame", "pad")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 96 KB tmpfs (root only; skipped where mounting is not allowed), unmounted afterwards."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root); test_full_disk_simulated covers the same path")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_full_disk_is_an_error_never_a_crash_and_the_run_resumes(tasks, clean, tmp_path, small_disk):
+    """On a full disk (a real, tiny tmpfs) the memmap is reserved before it is written: one error line naming
+    the folder, no SIGBUS, no temporary files left; with room again the same command resumes to the bytes of
+    an uninterrupted run."""
+    out = small_disk / "out"
+    run = extract(tasks, out, "--max-batch-seconds", "0.5")
+    assert run.returncode == 2, (run.returncode, run.stderr[-2000:])  # SIGBUS would be -7
+    assert_one_line_error(run, "is full", "run the same command again")
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
+    run = extract(tasks, out, "--max-batch-seconds", "0.5")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert tree_bytes(out) == tree_bytes(clean)
+
+
+def test_full_disk_simulated(tasks, tmp_path, monkeypatch, capsys):
+    """The same path where no tmpfs can be mounted: ENOSPC from the memmap's reservation."""
+    import errno
+    import os
+
+    from hearscan.cli import main
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    assert main(["extract", str(tasks), str(tmp_path / "out"), "logmel", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "is full" in err and "MB more were needed" in err and "run the same command again" in err
+    assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp" in p.name]
