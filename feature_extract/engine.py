@@ -41,7 +41,7 @@ from formats.embeddings import (
 from formats.taskdir import Task, audio_dir, find_tasks, probe_wav, read_task, read_wav
 from hearscan_core import __version__
 from hearscan_core.errors import AudioInputError, DiskFullError, UserFacingError
-from hearscan_core.files import atomic_copy, atomic_write, atomic_write_json
+from hearscan_core.files import atomic_copy, atomic_write, atomic_write_json, exclusive
 from hearscan_core.seeds import parse_seeds
 
 
@@ -175,13 +175,19 @@ class Extractor:
             if loaded is None:
                 self.log(f"loading {spec.module}" + (f" from {spec.checkpoint}" if spec.checkpoint else ""))
                 loaded = LoadedModule(spec)
-            try:
-                self.run_task(loaded, task, stats)
-            except OSError as err:
-                if err.errno != errno.ENOSPC:
-                    raise
-                _remove_temps(self.out_dir / spec.tag / f".partial-{task.name}")
-                raise DiskFullError(self.out_dir) from None
+            (self.out_dir / spec.tag).mkdir(parents=True, exist_ok=True)
+            # one writer per task: two runs into one OUT (or machines sharing it) never share a .partial folder
+            with exclusive(self.out_dir / spec.tag / f".lock-{task.name}", f"{spec.tag}/{task.name}", self.log):
+                if (final / DONE).exists():  # finished by another run meanwhile
+                    stats.tasks_skipped += 1
+                    continue
+                try:
+                    self.run_task(loaded, task, stats)
+                except OSError as err:
+                    if err.errno != errno.ENOSPC:
+                        raise
+                    _remove_temps(self.out_dir / spec.tag / f".partial-{task.name}")
+                    raise DiskFullError(self.out_dir) from None
             stats.tasks_done += 1
         stats.wall_seconds = time.perf_counter() - start
         return stats

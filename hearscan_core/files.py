@@ -6,10 +6,15 @@ processes writing the same path never share a temporary file, and is renamed int
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
+
+from hearscan_core.errors import UserFacingError
 
 
 def temp_sibling(path: Path) -> Path:
@@ -67,3 +72,39 @@ def publish_dir(tmp: Path, final: Path) -> None:
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path, what: str, log=print):
+    """Hold `lock` (a file naming this host, PID and start time) while writing `what`; a second writer is
+    refused with the holder named.  A lock left by a dead process of this host is taken over, with a notice;
+    one from another host (a shared folder) is refused, since its process cannot be checked from here."""
+    lock = Path(lock)
+    me = {"host": socket.gethostname(), "pid": os.getpid(),
+          "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text())
+            except (OSError, ValueError):
+                holder = {}
+            if holder.get("host") == me["host"] and not pid_alive(int(holder.get("pid", -1))):
+                log(f"{what}: taking over the lock of a run that is gone (PID {holder.get('pid')}, since "
+                    f"{holder.get('since')})")
+                lock.unlink(missing_ok=True)
+                continue
+            raise UserFacingError(
+                f"{what} is being written by another run (host {holder.get('host', '?')}, PID "
+                f"{holder.get('pid', '?')}, since {holder.get('since', '?')}); wait for it to finish and run this "
+                f"command again (it then skips what is done), or write to another folder; if that run is gone, "
+                f"delete {lock}"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)

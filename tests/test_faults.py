@@ -181,3 +181,34 @@ def test_full_disk_simulated(tasks, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "is full" in err and "MB more were needed" in err and "run the same command again" in err
     assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp" in p.name]
+
+
+def test_two_writers_into_one_folder(tasks, tmp_path):
+    """A second run into the same OUT is refused with the holder named, and the first finishes intact (with
+    every clip counted).  The first run uses Con-RWKV on its reference scan, slow enough to overlap."""
+    out = tmp_path / "out"
+    cmd = HEARSCAN + ["extract", str(tasks), str(out), "conrwkv", "-o", "scan_backend=reference", "--no-progress"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("*/.lock-*")):
+        time.sleep(0.02)
+    assert list(out.glob("*/.lock-*")), "the first run never took its lock"
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    stdout, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr[-3000:]
+    assert_one_line_error(second, "is being written by another run", f"PID {first.pid}")
+    n_clips = sum(len(json.loads(p.read_text())) for t in tasks.iterdir() for p in t.glob("*.json")
+                  if p.name != "task_metadata.json")
+    assert f"2 new/0 skip {n_clips:>7d}" in stdout, stdout
+    assert not list(out.glob("*/.partial-*")) and not list(out.glob("*/.lock-*"))
+
+
+def test_a_killed_writers_lock_is_taken_over(killed, clean, tasks, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(killed, out)
+    assert list(out.glob("*/.lock-*")), "the killed run left no lock behind"
+    run = extract(tasks, out, "--max-batch-seconds", "0.5")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "taking over the lock of a run that is gone" in run.stderr
+    assert not list(out.glob("*/.lock-*"))
+    assert tree_bytes(out) == tree_bytes(clean)
