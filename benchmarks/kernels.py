@@ -45,6 +45,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--min-time", type=float, default=0.3, help="seconds of repeated calls per compiled timing (default 0.3)"
     )
+    parser.add_argument("--contended", action="store_true",
+                        help="run a busy process on every core meanwhile: the compiled kernels on a shared machine")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="time the CPU kernels (default) or the CUDA kernels on the current GPU")
     parser.add_argument("--rwkv-cuda", metavar="DIR", default=None,
@@ -366,15 +368,47 @@ def run(args) -> int:
     if args.rwkv_cuda or args.mamba_cuda:
         raise UserFacingError("--rwkv-cuda and --mamba-cuda compare CUDA kernels: add --device cuda")
     info = cpu_info()
-    with torch_threads():
+    meta = stamp("kernels")  # the load average before anything of ours runs
+    with torch_threads(), contention(info["cores"] if args.contended else 0):
         results = [bench_op(op, args.long, dtype, threads, args.min_time, info, log) for op in ops]
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    busy = info["cores"] if args.contended else 0
+    # other jobs (load before this run) plus our threads beyond the cores: the ratios then measure the
+    # scheduler as much as the kernels (a waiting thread costs a 4 ms tick)
+    others = max(0.0, (meta["load_average_1min_at_start"] or 0.0) - 1.0)  # this process is one of the load
+    oversubscribed = others + busy + threads > info["cores"] + 0.5
+    note = (f"{busy} busy processes competed on purpose (--contended)" if args.contended else
+            f"load {others:.1f} before the run, {load:.1f} at its end, {threads} thread(s) on {info['cores']} cores")
+    if oversubscribed and not args.contended:
+        # other jobs' threads and ours exceed the cores: a ratio would measure the scheduler (4 ms ticks,
+        # "speed-ups" of 1000x), so only the times are kept
+        note += "; speed-ups withheld (oversubscribed: rerun on a quiet machine, or with --threads 1)"
+        for res in results:
+            for row in res.get("cases", []):
+                row["speedup"] = row["speedup_1thread_cpu"] = None
     if args.json:
-        print(json.dumps({"meta": stamp("kernels"), "device": "cpu", "cpu": info, "threads": threads,
-                          "dtype": args.dtype, "torch": torch.__version__,
-                          "results": results}, indent=2))
+        print(json.dumps({"meta": meta, "device": "cpu", "cpu": info, "threads": threads, "dtype": args.dtype,
+                          "torch": torch.__version__, "contended": busy, "oversubscribed": oversubscribed,
+                          "load_note": note, "results": results}, indent=2))
     else:
         print_table(results, info, threads, args.dtype)
+        if oversubscribed:
+            print(f"OVERSUBSCRIBED: {note}")
     return 0
+
+
+@contextlib.contextmanager
+def contention(processes: int):
+    """`processes` busy loops on the machine for the duration (`--contended`), killed at the end."""
+    import subprocess
+
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
 
 
 def _gpu_warmup(seconds: float = 2.0) -> None:

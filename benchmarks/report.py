@@ -57,8 +57,11 @@ def kernels(doc: dict) -> list[str]:
                              f"{r.get('official') or '–'} | {_fmt(r.get('vs_official'), '.2f', 'x')} |")
         return lines
     cpu = doc.get("cpu", {})
+    load = doc.get("load_note")
     lines += [f"{doc.get('threads')} thread(s), inputs {doc.get('dtype')}, {cpu.get('isa')}; speed-up = reference / "
-              "compiled, the median of alternating rounds; cpu s-up = the same in 1-thread process CPU time.", "",
+              "compiled, the median of alternating rounds; cpu s-up = the same in 1-thread process CPU time."
+              + (f" Load: {load}." if load else "")
+              + (" **Oversubscribed**: more runnable threads than cores." if doc.get("oversubscribed") else ""), "",
               "| op | case | shape | compiled ms | reference ms | speed-up | cpu s-up | GFLOP/s | ns/token |",
               "|---|---|---|---|---|---|---|---|---|"]
     for res in doc["results"]:

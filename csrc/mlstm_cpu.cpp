@@ -180,7 +180,9 @@ std::vector<at::Tensor> forward(at::Tensor q, at::Tensor k, at::Tensor v, at::Te
   float* mp = m.data_ptr<float>();
 
   if (T > 0) {
-    at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    // per head: the chunk products (T x chunk x (DQK + DV)) and the state's (T x DQK x DV), two FLOPs each
+    const double flops_per_head = 2.0 * T * (p.chunk * (DQK + DV) + 2.0 * DQK * DV);
+    at::parallel_for(0, B * H, hearscan::grain_for(flops_per_head), [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / H, h = task % H;
         // float32 copies of this head's inputs (a view when they already are float32)

@@ -315,7 +315,9 @@ std::vector<torch::Tensor> forward(torch::Tensor u, torch::Tensor delta, torch::
       if (state.has_value()) last_state.copy_(*state); else last_state.zero_();
       return;
     }
-    at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    // a block: CB channels x dstate states x length steps, ~12 operations each (the exp, the update, C h)
+    const double flops_per_block = 12.0 * CB * dstate * length;
+    at::parallel_for(0, batch * blocks, grain_for(flops_per_block), [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / blocks, c0 = (task % blocks) * CB;
         scan_block<scalar_t>(p, up, dp, zp, op, b, c0, std::min(CB, dim - c0));

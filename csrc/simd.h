@@ -31,6 +31,24 @@
 
 namespace hearscan {
 
+// Threads pay only for enough work: a task (a run of at::parallel_for) of fewer floating-point operations
+// than this runs on the calling thread.  Waking a pooled thread costs tens of microseconds on an idle
+// machine, but on a shared one a descheduled worker makes the call wait for a scheduler tick (4 ms): with
+// a grain of 1, two threads beside another 2-thread job took 3.8-5.3x the 1-thread time of a WKV-6 call.
+// Measured on a 2-core AVX2 VM, Con-RWKV's per-layer WKV-6 of a 1-s clip (B=1 T=25 H=3, 1.8 MFLOP) on 2
+// threads beside a busy process per core: 0.36-8.0 ms with a grain of 1 (one run in three waited a 4 ms
+// tick), 0.62 ms every time with this one (the 1-thread time).  2^24 FLOP is about 5 ms of kernel work on
+// that VM and 0.3 ms on an AVX-512 core: the models' scans of short clips run on one thread, long or wide
+// ones still spread; `hearscan bench kernels --contended` times every op that way (docs/benchmarks.md).
+constexpr double kMinFlopsPerTask = 16777216.0;
+
+// The grain for at::parallel_for over tasks of `flops_per_task` each: enough tasks per thread to reach
+// kMinFlopsPerTask (a range at most one grain long runs inline, with no thread woken).
+inline int64_t grain_for(double flops_per_task) {
+  const double tasks = kMinFlopsPerTask / (flops_per_task > 1.0 ? flops_per_task : 1.0);
+  return tasks >= 1.0 ? static_cast<int64_t>(tasks) + 1 : 1;
+}
+
 typedef float vec16 __attribute__((vector_size(64)));
 typedef int32_t ivec16 __attribute__((vector_size(64)));
 

@@ -185,14 +185,14 @@ inline void scatter_heads(const float* src, int64_t T, int64_t H, int64_t N, int
 }
 
 // Runs fn(bi, h0, h1) over head groups on torch's thread pool: about two groups per thread in all, each
-// a run of adjacent heads of one batch row.
+// a run of adjacent heads of one batch row; `flops_per_head` (per batch row) sets the grain (grain_for).
 template <typename Fn>
-void run_head_groups(int64_t B, int64_t H, const Fn& fn) {
+void run_head_groups(int64_t B, int64_t H, double flops_per_head, const Fn& fn) {
   if (B <= 0 || H <= 0) return;
   const int64_t threads = at::get_num_threads();
   const int64_t groups = std::min<int64_t>(H, std::max<int64_t>(1, (2 * threads + B - 1) / B));
   const int64_t size = (H + groups - 1) / groups;
-  at::parallel_for(0, B * groups, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * groups, grain_for(flops_per_head * size), [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bi = task / groups, h0 = (task % groups) * size, h1 = std::min(H, h0 + size);
       if (h0 < h1) fn(bi, h0, h1);
@@ -216,11 +216,12 @@ void run_wkv(const Problem& p, const GroupFn<Problem> (&groups)[4], HeadFn<Probl
     case 64: group = groups[2]; break;
     case 128: group = groups[3]; break;
   }
+  const double flops_per_head = 8.0 * p.N * p.N * p.T;  // the recurrence's multiply-adds, both scans alike
   if (group) {
-    run_head_groups(p.B, p.H, [&](int64_t bi, int64_t h0, int64_t h1) { group(p, bi, h0, h1); });
+    run_head_groups(p.B, p.H, flops_per_head, [&](int64_t bi, int64_t h0, int64_t h1) { group(p, bi, h0, h1); });
     return;
   }
-  at::parallel_for(0, p.B * p.H, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.B * p.H, grain_for(flops_per_head), [&](int64_t begin, int64_t end) {
     for (int64_t bh = begin; bh < end; ++bh) generic(p, bh / p.H, bh % p.H);
   });
 }

@@ -41,15 +41,10 @@ def positive_int(value) -> int:
     return value
 
 
-def common(sizes=(), dtype=True, scan=True) -> list[Option]:
-    """size (when the family has sizes), device, dtype, scan_backend."""
-    options = [Option("size", tuple(sizes))] if sizes else []
-    options.append(Option("device"))
-    if dtype:
-        options.append(Option("dtype", tuple(DTYPES), default="float32"))
-    if scan:
-        options.append(Option("scan_backend", csrc.BACKENDS))
-    return options
+def common(sizes) -> list[Option]:
+    """The options every backbone family takes: size, device, dtype, scan_backend."""
+    return [Option("size", tuple(sizes)), Option("device"), Option("dtype", tuple(DTYPES), default="float32"),
+            Option("scan_backend", csrc.BACKENDS)]
 
 
 def resolve_device(module: str, device: str | None) -> str:

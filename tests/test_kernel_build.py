@@ -216,6 +216,13 @@ def test_bench_kernels_command(monkeypatch, capsys, tmp_path):
     assert "fp32 peak estimate" in table and "wkv7" in table and "wkv6" in table
     before = torch.get_num_threads()
     args = parser.parse_args(["kernels", "--ops", "wkv7", "--json", "--min-time", "0", "--threads", "1"])
+    # a machine busy with other jobs (a load of 8 on these cores): the ratios are withheld, the times kept
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (8.0, 8.0, 8.0))
+    assert args.func(args) == 0
+    busy = json.loads(capsys.readouterr().out)
+    assert busy["oversubscribed"] and "speed-ups withheld" in busy["load_note"]
+    assert busy["results"][0]["cases"][0]["speedup"] is None and busy["results"][0]["cases"][0]["compiled_ms"] > 0
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # this process alone
     assert args.func(args) == 0
     assert torch.get_num_threads() == before  # the benchmark's thread settings do not leak into the process
     doc = json.loads(capsys.readouterr().out)
@@ -225,8 +232,10 @@ def test_bench_kernels_command(monkeypatch, capsys, tmp_path):
     assert len(row["speedup_rounds"]) == bench.REFERENCE_ROUNDS
     assert row["speedup"] == statistics.median(row["speedup_rounds"])
     assert doc["cpu"]["fp32_peak_gflops_per_core"] > 0
-    # the JSON is stamped, and the report renders it under its command, date and machine
+    # the JSON is stamped, says whether the machine was oversubscribed, and the report renders it under its
+    # command, date and machine
     assert doc["meta"]["benchmark"] == "kernels" and doc["meta"]["machine"]["cores"] >= 1
+    assert doc["oversubscribed"] is False and "thread(s)" in doc["load_note"] and doc["contended"] == 0
     from benchmarks import report
 
     data = tmp_path / "data"
