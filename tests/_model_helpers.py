@@ -18,6 +18,16 @@ import torch
 HEARSCAN = Path(sys.executable).parent / "hearscan"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The shared 2-core test machine: oversubscribed intra-op threads make the reference loops 10x slower.
+    Imported by a test module, it runs that module on one thread (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def expected(request):
     """The official outputs recorded in `FIX/expected.pt`."""

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from _model_helpers import HEARSCAN, assert_fbank_close, hearscan_validate_available
+from _model_helpers import HEARSCAN, assert_fbank_close, hearscan_validate_available, one_thread  # noqa: F401 (autouse)
 from hear_modules import arwkv
 from hearscan_core.errors import AudioInputError, CheckpointError, UserFacingError
 
@@ -42,15 +42,6 @@ def _backend_param(name):
 
 
 BACKENDS = [_backend_param("reference"), _backend_param("compiled")]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine's 2 cores are shared: oversubscribed intra-op threads make this 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -13,22 +13,13 @@ import pytest
 import torch
 
 import csrc
-from _model_helpers import HEARSCAN, hearscan_validate_available
+from _model_helpers import HEARSCAN, hearscan_validate_available, one_thread  # noqa: F401 (autouse)
 from csrc import dispatch
 from hear_modules import registry
 from hearscan_core.errors import AudioInputError
 
 FAMILIES = registry.FAMILIES
 IDS = [f.name for f in FAMILIES]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The shared 2-core test machine: oversubscribed intra-op threads make the reference loops 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def load(family, **options):
