@@ -104,6 +104,8 @@ def exclusive(lock: Path, what: str, log=print):
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         break
+    else:  # a stale lock reappeared at once: another run is taking it over too
+        raise UserFacingError(f"{what}: another run is taking over the stale lock {lock}; run this command again")
     try:
         yield
     finally:
