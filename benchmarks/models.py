@@ -95,6 +95,12 @@ def _matches(config: dict, wanted: str | None) -> bool:
     return True
 
 
+def _selected(args) -> tuple[list[tuple[str, object, dict]], list[str]]:
+    """(module name, module, config) for every config of `--modules` that matches `--configs`, and the notes."""
+    found, notes = discover(args.modules.split(",") if args.modules else None)
+    return [(name, module, c) for name, module, configs in found for c in configs if _matches(c, args.configs)], notes
+
+
 def _label(config: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in config.items()) or "default"
 
@@ -148,45 +154,42 @@ def throughput(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    found, notes = discover(args.modules.split(",") if args.modules else None)
+    selected, notes = _selected(args)
     rows = []
-    for name, module, configs in found:
-        for config in configs:
-            if not _matches(config, args.configs):
+    for name, module, config in selected:
+        row = {"module": name, "config": _label(config), "seconds": args.seconds, "clips": args.clips}
+        has_backend = True
+        for column in ("compiled", "reference"):
+            if column == "reference" and args.no_reference:
+                row[column] = {"skipped": "--no-reference"}
                 continue
-            row = {"module": name, "config": _label(config), "seconds": args.seconds, "clips": args.clips}
-            has_backend = True
-            for column in ("compiled", "reference"):
-                if column == "reference" and args.no_reference:
-                    row[column] = {"skipped": "--no-reference"}
-                    continue
-                if column == "reference" and not has_backend:
-                    row[column] = {"skipped": "module has no scan_backend option"}
-                    continue
-                model, used = _load(module, config, column, args.device)
-                if model is None:
-                    row[column] = {"error": used}
-                    continue
-                has_backend = "scan_backend" in used
-                sr = int(model.sample_rate)
-                reason = _backend_works(module, model, sr)
-                if reason:
-                    row[column] = {"error": reason}
-                    continue
-                audio = (torch.randn(args.clips, int(args.seconds * sr), generator=torch.Generator().manual_seed(0)) * 0.1)
-                elapsed = _embed_time(module, model, audio, args.repeats)
-                row[column] = {"wall_s": elapsed, "audio_s_per_s": args.clips * args.seconds / elapsed}
-                if not has_backend:
-                    row[column]["note"] = "module's own path (no scan_backend option)"
-                if "params_m" not in row:
-                    row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
-                del model
-            c, r = row.get("compiled", {}), row.get("reference", {})
-            if "audio_s_per_s" in c and "audio_s_per_s" in r:
-                row["speedup"] = c["audio_s_per_s"] / r["audio_s_per_s"]
-            rows.append(row)
-            if not args.json:
-                print(_format_row(row), flush=True)
+            if column == "reference" and not has_backend:
+                row[column] = {"skipped": "module has no scan_backend option"}
+                continue
+            model, used = _load(module, config, column, args.device)
+            if model is None:
+                row[column] = {"error": used}
+                continue
+            has_backend = "scan_backend" in used
+            sr = int(model.sample_rate)
+            reason = _backend_works(module, model, sr)
+            if reason:
+                row[column] = {"error": reason}
+                continue
+            audio = (torch.randn(args.clips, int(args.seconds * sr), generator=torch.Generator().manual_seed(0)) * 0.1)
+            elapsed = _embed_time(module, model, audio, args.repeats)
+            row[column] = {"wall_s": elapsed, "audio_s_per_s": args.clips * args.seconds / elapsed}
+            if not has_backend:
+                row[column]["note"] = "module's own path (no scan_backend option)"
+            if "params_m" not in row:
+                row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+            del model
+        c, r = row.get("compiled", {}), row.get("reference", {})
+        if "audio_s_per_s" in c and "audio_s_per_s" in r:
+            row["speedup"] = c["audio_s_per_s"] / r["audio_s_per_s"]
+        rows.append(row)
+        if not args.json:
+            print(_format_row(row), flush=True)
     return {"mode": "throughput", "threads": torch.get_num_threads(), "device": args.device, "rows": rows, "notes": notes}
 
 
@@ -232,44 +235,41 @@ def _point(args) -> None:
 
 def scaling(args) -> dict:
     lengths = [float(x) for x in args.lengths.split(",") if x.strip()]
-    found, notes = discover(args.modules.split(",") if args.modules else None)
+    selected, notes = _selected(args)
     rows = []
-    for name, module, configs in found:
-        for config in configs:
-            if not _matches(config, args.configs):
-                continue
-            model, used = _load(module, config, args.backend, args.device)
-            accepts_backend = model is not None and "scan_backend" in used
-            accepts_device = model is not None and "device" in used
-            del model
-            base = None
-            for seconds in lengths:
-                cmd = [sys.executable, "-m", "benchmarks.models", "_point", "--module", name,
-                       "--config", json.dumps(config), "--seconds", str(seconds)]
-                if accepts_device:
-                    cmd += ["--device", args.device]
-                if accepts_backend:
-                    cmd += ["--backend", args.backend]
-                if args.threads:
-                    cmd += ["--threads", str(args.threads)]
-                row = {"module": name, "config": _label(config), "seconds": seconds,
-                       "backend": args.backend if accepts_backend else "module default"}
-                try:
-                    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-                    if out.returncode != 0:
-                        tail = (out.stderr.strip().splitlines() or ["?"])[-1]
-                        row["error"] = f"exit {out.returncode}: {tail}"
-                    else:
-                        row.update(json.loads(out.stdout.strip().splitlines()[-1]))
-                except subprocess.TimeoutExpired:
-                    row["error"] = f"timed out after {args.timeout:.0f} s"
-                if "wall_s" in row:
-                    row["s_per_audio_s"] = row["wall_s"] / seconds
-                    base = base or row["s_per_audio_s"]
-                    row["cost_vs_shortest"] = row["s_per_audio_s"] / base
-                rows.append(row)
-                if not args.json:
-                    print(_format_point(row), flush=True)
+    for name, module, config in selected:
+        model, used = _load(module, config, args.backend, args.device)
+        accepts_backend = model is not None and "scan_backend" in used
+        accepts_device = model is not None and "device" in used
+        del model
+        base = None
+        for seconds in lengths:
+            cmd = [sys.executable, "-m", "benchmarks.models", "_point", "--module", name,
+                   "--config", json.dumps(config), "--seconds", str(seconds)]
+            if accepts_device:
+                cmd += ["--device", args.device]
+            if accepts_backend:
+                cmd += ["--backend", args.backend]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            row = {"module": name, "config": _label(config), "seconds": seconds,
+                   "backend": args.backend if accepts_backend else "module default"}
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                if out.returncode != 0:
+                    tail = (out.stderr.strip().splitlines() or ["?"])[-1]
+                    row["error"] = f"exit {out.returncode}: {tail}"
+                else:
+                    row.update(json.loads(out.stdout.strip().splitlines()[-1]))
+            except subprocess.TimeoutExpired:
+                row["error"] = f"timed out after {args.timeout:.0f} s"
+            if "wall_s" in row:
+                row["s_per_audio_s"] = row["wall_s"] / seconds
+                base = base or row["s_per_audio_s"]
+                row["cost_vs_shortest"] = row["s_per_audio_s"] / base
+            rows.append(row)
+            if not args.json:
+                print(_format_point(row), flush=True)
     return {"mode": "scaling", "device": args.device, "rows": rows, "notes": notes}
 
 

@@ -41,7 +41,7 @@ from formats.embeddings import (
 from formats.taskdir import Task, audio_dir, find_tasks, probe_wav, read_task, read_wav
 from hearscan_core import __version__
 from hearscan_core.errors import AudioInputError, DiskFullError, UserFacingError
-from hearscan_core.files import atomic_copy, atomic_write, atomic_write_json, exclusive
+from hearscan_core.files import atomic_copy, atomic_write, atomic_write_json, exclusive, publish_dir
 from hearscan_core.seeds import parse_seeds
 
 
@@ -243,9 +243,7 @@ class Extractor:
         for marker in work.glob(".done.*"):
             marker.unlink()
         (work / DONE).write_bytes(b"")
-        if final.exists():  # an unfinished folder from another tool (heareval's runner) or a crash
-            shutil.rmtree(final)
-        os.replace(work, final)
+        publish_dir(work, final)  # replacing an unfinished folder from another tool (heareval's runner) or a crash
         stats.bad_files += skipped
         self.log(f"{spec.tag}/{task.name}: done")
 
@@ -299,10 +297,10 @@ class Extractor:
                     arrays["timestamps"] = ts.astype(np.float32)
                 tmp = chunks / f"batch-{i:06d}.tmp.npz"  # np.savez keeps a name ending in .npz
                 np.savez(tmp, **arrays)
-                final = chunks / f"batch-{i:06d}.npz"
-                os.replace(tmp, final)
+                chunk = chunks / f"batch-{i:06d}.npz"
+                os.replace(tmp, chunk)
                 # its size and checksum, written last: a chunk without a matching record is redone on resume
-                atomic_write_json(_chunk_record(final), {"size": final.stat().st_size, "sha256": file_sha256(str(final))})
+                atomic_write_json(_chunk_record(chunk), {"size": chunk.stat().st_size, "sha256": file_sha256(str(chunk))})
                 bar.update(len(batch))
         bar.close()
 

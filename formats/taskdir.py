@@ -28,6 +28,7 @@ import numpy as np
 import soundfile as sf
 
 from hearscan_core.errors import AudioInputError, UserFacingError
+from hearscan_core.files import publish_dir
 
 SAMPLE_RATE = 16000  # the rate the task builders write (hearscan's modules all take 16 kHz)
 SPLIT_MODES = ("trainvaltest", "presplit_kfold", "new_split_kfold")
@@ -290,9 +291,7 @@ class TaskWriter:
         write_json(self.tmp / "task_metadata.json", self.metadata)
         lines = ["idx,label"] + [f"{i},{label}" for i, label in enumerate(self.vocabulary)]
         (self.tmp / "labelvocabulary.csv").write_text("\n".join(lines) + "\n")
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        os.rename(self.tmp, self.path)
+        publish_dir(self.tmp, self.path)
 
 
 def is_complete(out_root: Path | str, metadata: dict) -> bool:
